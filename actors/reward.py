@@ -1,0 +1,148 @@
+"""Reward annotation: run the configured reward sources on finished samples.
+
+Each source is a callable found by name (core.registry, kind "reward") or dotted path:
+  scope "sample": fn(sample, **kwargs) -> float
+  scope "group":  fn(samples_of_one_group, **kwargs) -> list[float]
+Every source's score is kept in `sample.rewards[name]`; the combined reward is the weighted
+sum. A call that raises, returns a non-finite number, or runs past its timeout does not stop
+the run: each affected sample gets the source's `failure_value`, a flag saying why, and is
+counted in the step's metrics.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from core.records import Sample, groups_of
+from core.registry import lookup
+
+log = logging.getLogger("rewardmill.reward")
+
+
+@dataclass
+class RewardSource:
+    name: str                       # key in sample.rewards and in the logs
+    fn: str                         # registered reward name or dotted import path
+    weight: float = 1.0             # factor in the combined reward
+    scope: str = "sample"           # "sample" or "group" (needs all G responses)
+    timeout_s: float = 10.0         # wall seconds one call may take
+    failure_value: float = 0.0      # score given when the call fails or times out
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class RewardWorker:
+    def __init__(self, sources: list[dict], threads_per_source: int = 4):
+        if not sources:
+            raise ValueError("reward.sources is empty: list at least one reward source")
+        self.sources = [RewardSource(**s) for s in sources]
+        for s in self.sources:
+            if s.scope not in ("sample", "group"):
+                raise ValueError(f"reward source {s.name!r}: scope must be 'sample' or 'group', "
+                                 f"got {s.scope!r}")
+        self.functions: dict[str, Callable] = {s.name: lookup("reward", s.fn) for s in self.sources}
+        self.threads = threads_per_source
+        self.pools = {s.name: self._new_pool() for s in self.sources}
+
+    def _new_pool(self) -> "DaemonPool":
+        return DaemonPool(self.threads)
+
+    def score(self, samples: list[Sample]) -> list[Sample]:
+        for source in self.sources:
+            self._run_source(source, samples)
+        for s in samples:
+            s.reward = sum(src.weight * s.rewards[src.name] for src in self.sources)
+        return samples
+
+    def _run_source(self, source: RewardSource, samples: list[Sample]) -> None:
+        fn, pool = self.functions[source.name], self.pools[source.name]
+        units = [[s] for s in samples] if source.scope == "sample" else groups_of(samples)
+        call = (lambda u: [fn(u[0], **source.kwargs)]) if source.scope == "sample" else (
+            lambda u: fn(u, **source.kwargs))
+        futures = [pool.submit(call, unit) for unit in units]
+        failures: list[str] = []
+        # Calls queue behind one another, so the whole set gets one timeout per wave of threads.
+        waves = math.ceil(len(units) / self.threads)
+        done, late = cf.wait(futures, timeout=source.timeout_s * waves)
+        for unit, fut in zip(units, futures):
+            if fut in late:
+                failures += self._fail(source, unit, f"timeout after {source.timeout_s:g}s")
+                continue
+            try:
+                scores = [float(x) for x in fut.result()]
+                if len(scores) != len(unit) or not all(math.isfinite(x) for x in scores):
+                    raise ValueError(f"returned {fut.result()!r} for {len(unit)} samples; "
+                                     "expected one finite number per sample")
+            except Exception as err:  # the reward code is not ours: any error is a flag
+                failures += self._fail(source, unit, f"{type(err).__name__}: {err}")
+                continue
+            for s, x in zip(unit, scores):
+                s.rewards[source.name] = x
+        if failures:
+            log.warning("reward source %r flagged %d of %d samples (scored %g); first: %s",
+                        source.name, len(failures), len(samples), source.failure_value,
+                        failures[0])
+        if late:
+            # Threads stuck in a hung call cannot be killed; give new calls fresh threads.
+            pool.shutdown()
+            self.pools[source.name] = self._new_pool()
+
+    @staticmethod
+    def _fail(source: RewardSource, unit: list[Sample], why: str) -> list[str]:
+        for s in unit:
+            s.rewards[source.name] = source.failure_value
+            s.flags[source.name] = why
+        return [f"{s.prompt_id}: {why}" for s in unit]
+
+
+class DaemonPool:
+    """A fixed set of daemon threads running submitted calls.
+
+    Unlike ThreadPoolExecutor, a thread stuck in a hung reward call neither blocks the
+    process from exiting nor is joined at shutdown; it is simply abandoned.
+    """
+
+    def __init__(self, threads: int):
+        self.tasks: queue.Queue = queue.Queue()
+        self.threads = threads
+        for _ in range(threads):
+            threading.Thread(target=self._work, daemon=True, name="reward").start()
+
+    def submit(self, fn, *args) -> cf.Future:
+        future: cf.Future = cf.Future()
+        self.tasks.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            future, fn, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:  # handed to the caller through the future
+                future.set_exception(err)
+
+    def shutdown(self) -> None:
+        """Cancel queued calls and let idle threads exit (hung ones stay abandoned)."""
+        while not self.tasks.empty():
+            task = self.tasks.get_nowait()
+            if task:
+                task[0].cancel()
+        for _ in range(self.threads):
+            self.tasks.put(None)
+
+
+def reward_metrics(samples: list[Sample], source_names: list[str]) -> dict[str, float]:
+    """Mean of each source and of the combined reward, and flagged counts per source."""
+    n = max(len(samples), 1)
+    out = {"reward/combined": sum(s.reward or 0.0 for s in samples) / n}
+    for name in source_names:
+        out[f"reward/{name}"] = sum(s.rewards.get(name, 0.0) for s in samples) / n
+        out[f"reward/flagged/{name}"] = float(sum(name in s.flags for s in samples))
+    out["reward/flagged_samples"] = float(sum(s.flagged for s in samples))
+    return out

@@ -1,0 +1,142 @@
+"""Check a composed config before anything starts; every error names the field and the fix.
+
+Unknown keys are already refused by Hydra (struct mode); this checks types, ranges and the
+relations between fields (batch sizes that must divide, names that must exist).
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from core.registry import lookup
+from learners.algorithms import AGGREGATIONS
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def _check(ok: bool, key: str, value, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"config {key}={value!r}: {problem}")
+
+
+def _int_at_least(cfg: DictConfig, key: str, low: int) -> int:
+    value = _get(cfg, key)
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= low, key, value,
+           f"must be an integer >= {low}")
+    return value
+
+
+def _number_in(cfg: DictConfig, key: str, low: float, high: float, low_open=False) -> float:
+    value = _get(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    _check(ok, key, value, f"must be a number in {'(' if low_open else '['}{low}, {high}]")
+    return value
+
+
+def _one_of(cfg: DictConfig, key: str, choices) -> str:
+    value = _get(cfg, key)
+    _check(value in choices, key, value, f"choose one of {list(choices)}")
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    mode = _one_of(cfg, "cluster.mode", ("inline", "local", "ray"))
+    _int_at_least(cfg, "steps", 0)
+    _int_at_least(cfg, "seed", 0)
+    prompts = _int_at_least(cfg, "data.prompts_per_step", 1)
+    group = _int_at_least(cfg, "rollout.responses_per_prompt", 1)
+    ranks = _int_at_least(cfg, "learner.num_ranks", 1)
+    _check(mode != "inline" or ranks == 1, "learner.num_ranks", ranks,
+           "cluster=inline runs in one process, so it has one learner rank; "
+           "use cluster=local for more")
+    _one_of(cfg, "learner.strategy", ("fsdp2", "none"))
+    _check(ranks == 1 or cfg.learner.strategy == "fsdp2", "learner.strategy",
+           cfg.learner.strategy, "several ranks need learner.strategy=fsdp2")
+    rollout_batch = prompts * group
+    mini = _int_at_least(cfg, "learner.mini_batch_size", 1)
+    _check(rollout_batch % mini == 0, "learner.mini_batch_size", mini,
+           f"must divide the rollout batch (data.prompts_per_step x rollout.responses_per_prompt "
+           f"= {prompts} x {group} = {rollout_batch} responses)")
+    _check(mini % ranks == 0, "learner.mini_batch_size", mini,
+           f"must be a multiple of learner.num_ranks={ranks} (each rank takes an equal share)")
+    _int_at_least(cfg, "learner.micro_batch_size", 1)
+    _int_at_least(cfg, "learner.epochs", 1)
+    _number_in(cfg, "learner.lr", 0, 1, low_open=True)
+    _number_in(cfg, "learner.max_grad_norm", 0, float("inf"), low_open=True)
+    _int_at_least(cfg, "rollout.num_workers", 1)
+    _int_at_least(cfg, "rollout.max_new_tokens", 1)
+    _number_in(cfg, "rollout.temperature", 0, 10, low_open=True)
+    _number_in(cfg, "rollout.top_p", 0, 1, low_open=True)
+    _int_at_least(cfg, "rollout.top_k", 0)
+    _one_of(cfg, "rollout.engine", ("hf",))
+
+    _one_of(cfg, "algorithm.loss_aggregation", AGGREGATIONS)
+    _one_of(cfg, "algorithm.kl_estimator", ("k1", "k2", "k3"))
+    _number_in(cfg, "algorithm.clip_low", 0, 1)
+    _number_in(cfg, "algorithm.clip_high", 0, 10)
+    _number_in(cfg, "algorithm.kl_coef", 0, float("inf"))
+    try:
+        lookup("advantage", cfg.algorithm.estimator)
+    except KeyError as err:
+        raise ConfigError(f"config algorithm.estimator={cfg.algorithm.estimator!r}: {err.args[0]}") from None
+    _check(group >= 2 or not cfg.algorithm.norm_by_std, "rollout.responses_per_prompt", group,
+           "group-normalised advantages need at least 2 responses per prompt")
+
+    sources = _get(cfg, "reward.sources")
+    _check(sources is not None and len(sources) > 0, "reward.sources", sources,
+           "list at least one reward source")
+    names = []
+    for i, src in enumerate(sources):
+        for field in ("name", "fn"):
+            _check(bool(src.get(field)), f"reward.sources[{i}].{field}", src.get(field),
+                   "is required")
+        try:
+            lookup("reward", src.fn)
+        except KeyError as err:
+            raise ConfigError(f"config reward.sources[{i}].fn={src.fn!r}: {err.args[0]}") from None
+        _check(src.name not in names, f"reward.sources[{i}].name", src.name, "names must be unique")
+        names.append(src.name)
+        timeout = src.get("timeout_s", 10.0)
+        _check(isinstance(timeout, (int, float)) and timeout > 0,
+               f"reward.sources[{i}].timeout_s", timeout, "must be a number of seconds > 0")
+        _check(src.get("scope", "sample") in ("sample", "group"), f"reward.sources[{i}].scope",
+               src.get("scope"), "choose 'sample' or 'group'")
+    _check(cfg.eval.accuracy_source in names, "eval.accuracy_source", cfg.eval.accuracy_source,
+           f"must name a reward source: one of {names}")
+    _int_at_least(cfg, "reward.num_workers", 1)
+
+    source = _one_of(cfg, "data.source", ("toy", "file"))
+    if source == "file":
+        _check(bool(cfg.data.file.train_path), "data.file.train_path", cfg.data.file.train_path,
+               "data.source=file needs a JSONL or Parquet file")
+    _one_of(cfg, "data.file.on_bad_row", ("skip", "error"))
+    sft_steps = _int_at_least(cfg, "warm_start.steps", 0)
+    if sft_steps:
+        _check(source == "toy" or bool(cfg.data.file.solution_field), "warm_start.steps",
+               sft_steps, "a warm start needs worked solutions: set data.file.solution_field "
+               "or warm_start.steps=0")
+        sft_batch = _int_at_least(cfg, "warm_start.batch_size", 1)
+        _check(sft_batch % ranks == 0, "warm_start.batch_size", sft_batch,
+               f"must be a multiple of learner.num_ranks={ranks}")
+        _int_at_least(cfg, "warm_start.micro_batch_size", 1)
+
+    if cfg.model.path is None:
+        _check(cfg.model.tiny is not None, "model.tiny", None,
+               "model.path is null, so the tiny model's architecture is needed")
+        limit = cfg.model.tiny.max_position_embeddings
+        need = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+        _check(need <= limit, "model.tiny.max_position_embeddings", limit,
+               f"must cover data.max_prompt_tokens + rollout.max_new_tokens = {need}")
+    _one_of(cfg, "model.dtype", ("float32", "bfloat16"))
+    _int_at_least(cfg, "eval.every", 0)
+    _int_at_least(cfg, "eval.num_prompts", 0)
+    _int_at_least(cfg, "checkpoint.every", 0)
+    _int_at_least(cfg, "checkpoint.keep", 1)
+    _one_of(cfg, "logging.wandb_mode", ("auto", "online", "offline", "disabled"))
+    _int_at_least(cfg, "buffer.max_staleness", 0)

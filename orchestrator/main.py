@@ -1,0 +1,149 @@
+"""Compose a run from its config: check it, start the cluster, warm-start, train, report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from core.models import build_tiny_policy, load_tokenizer
+from orchestrator.checkpoint import Checkpoints
+from orchestrator.cluster import Cluster
+from orchestrator.config import validate
+from orchestrator.learner_group import LearnerGroup
+from orchestrator.metrics import MetricsSink, read_history
+from orchestrator.pipeline import Pipeline
+from orchestrator.report import plot_run, summary_table
+from orchestrator.scheduler import Scheduler
+from orchestrator.warm_start import run_warm_start, warm_start_folder
+from tasks.datasets import PromptStream, ToyDataset, load_prompt_file
+from tasks.toy_arith import ToyArithmetic
+
+log = logging.getLogger("rewardmill")
+
+
+def run(cfg: DictConfig) -> dict:
+    start = time.perf_counter()
+    validate(cfg)
+    logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    run_dir = prepare_run_dir(cfg)
+    checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
+    cluster = Cluster(cfg.cluster.mode, cfg.cluster.address, cfg.cluster.num_cpus or needed_cpus(cfg))
+    pipeline = sink = None
+    try:
+        base = base_model(cfg)
+        tokenizer = load_tokenizer(base)
+        train_data, sft_data, eval_prompts = datasets(cfg, tokenizer)
+        settings = learner_settings(cfg)
+        policy = base
+        if cfg.warm_start.steps:
+            policy = str(warm_start_folder(cfg, base))
+            if not Path(policy).exists():
+                log.info("warm start: %d SFT steps -> %s", cfg.warm_start.steps, policy)
+                run_warm_start(cfg, cluster, settings, tokenizer, sft_data, base, Path(policy))
+            else:
+                log.info("warm start: reusing %s", policy)
+        learner = LearnerGroup(cluster, policy, settings, cfg.learner.num_ranks,
+                               use_reference=cfg.algorithm.kl_coef > 0,
+                               num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
+        pipeline = Pipeline(cfg, cluster, policy, learner)
+        sink = MetricsSink(run_dir, cfg.logging, cfg.run_name, OmegaConf.to_container(cfg))
+        scheduler = Scheduler(cfg, pipeline, PromptStream(train_data, cfg.seed, cfg.data.shuffle),
+                              eval_prompts, tokenizer.pad_token_id, sink, checkpoints, base)
+        if cfg.resume and checkpoints.latest():
+            scheduler.restore(checkpoints.latest())
+        scheduler.run()
+        summary = summarise(cfg, scheduler, run_dir, time.perf_counter() - start)
+    finally:
+        if sink:
+            sink.close()
+        if pipeline:
+            pipeline.shutdown()
+        cluster.shutdown()
+    return summary
+
+
+def prepare_run_dir(cfg) -> Path:
+    run_dir = Path(cfg.run_dir)
+    previous = [p for p in ("checkpoints", "metrics.jsonl") if (run_dir / p).exists()]
+    if previous and not cfg.resume:
+        # Never lose a finished run: a fresh run moves the old outputs aside.
+        aside = run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(run_dir), aside)
+        log.warning("run_dir %s held an earlier run; moved it to %s (resume=true continues it)",
+                    run_dir, aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
+
+
+def needed_cpus(cfg) -> int:
+    """Logical CPUs for a local Ray instance: enough for every actor the config asks for."""
+    want = (cfg.rollout.num_workers * cfg.rollout.num_cpus
+            + cfg.learner.num_ranks * cfg.learner.num_cpus + 2)
+    return max(int(want + 0.999), os.cpu_count() or 1)
+
+
+def base_model(cfg) -> str:
+    if cfg.model.path:
+        return str(cfg.model.path)
+    arch = OmegaConf.to_container(cfg.model.tiny)
+    digest = hashlib.sha256(json.dumps([arch, cfg.seed], sort_keys=True).encode()).hexdigest()[:12]
+    return str(build_tiny_policy(Path(cfg.cache_dir) / f"tiny-{digest}", arch, cfg.seed))
+
+
+def datasets(cfg, tokenizer):
+    """(RL prompts, SFT examples, held-out prompts) from the toy generator or the user's files."""
+    d = cfg.data
+    if d.source == "toy":
+        task = ToyArithmetic(d.toy.min_digits, d.toy.max_digits, d.toy.operands, seed=cfg.seed)
+        held_out = ToyDataset(task, "test", cfg.eval.num_prompts)
+        return (ToyDataset(task, "train"), ToyDataset(task, "sft"),
+                [held_out[i] for i in range(len(held_out))])
+
+    def read(path):
+        rows, _ = load_prompt_file(
+            path, d.file.prompt_field, d.file.answer_field, d.file.solution_field,
+            d.max_prompt_tokens, lambda text: len(tokenizer(text)["input_ids"]), d.file.on_bad_row)
+        return rows
+    eval_rows = read(d.file.eval_path)[:cfg.eval.num_prompts] if d.file.eval_path else []
+    train = read(d.file.train_path)
+    return train, train, eval_rows
+
+
+def learner_settings(cfg) -> dict:
+    a, l = cfg.algorithm, cfg.learner
+    return dict(lr=l.lr, weight_decay=l.weight_decay, warmup_steps=l.warmup_steps,
+                max_grad_norm=l.max_grad_norm, mini_batch_size=l.mini_batch_size,
+                micro_batch_size=l.micro_batch_size, epochs=l.epochs, strategy=l.strategy,
+                threads=l.threads, dtype=cfg.model.dtype, clip_low=a.clip_low,
+                clip_high=a.clip_high, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
+                entropy_coef=a.entropy_coef, recompute_old_logprobs=a.recompute_old_logprobs,
+                temperature=cfg.rollout.temperature)
+
+
+def summarise(cfg, scheduler: Scheduler, run_dir: Path, wall_s: float) -> dict:
+    history = read_history(run_dir / "metrics.jsonl")
+    train = [m for m in history.values() if "reward/combined" in m]
+    evals = scheduler.evals
+    summary = {
+        "accuracy_before": evals.get(0, float("nan")),
+        "accuracy_after": evals[max(evals)] if evals else float("nan"),
+        "steps": scheduler.step,
+        "wall_s": round(wall_s, 1),
+        "reward_first": train[0]["reward/combined"] if train else float("nan"),
+        "reward_last": train[-1]["reward/combined"] if train else float("nan"),
+        "step_time_mean_s": sum(m["time/step"] for m in train) / max(len(train), 1),
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if cfg.logging.plot:
+        plot_run(history, run_dir / "summary.png")
+    print("\n" + summary_table(summary), flush=True)
+    return summary

@@ -1,0 +1,81 @@
+"""Where metrics go: a JSONL file, TensorBoard and wandb (offline unless a key is set).
+
+A logging back-end that fails to start is reported once and skipped; it never stops a run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger("rewardmill")
+
+
+class PhaseTimer:
+    """Wall seconds spent in each named phase of one step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+class MetricsSink:
+    def __init__(self, run_dir: Path, settings, run_name: str, config: dict):
+        self.jsonl = open(run_dir / "metrics.jsonl", "a") if settings.jsonl else None
+        self.tb = self.wandb = None
+        if settings.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception as err:  # optional back-end
+                log.warning("TensorBoard logging is off: %s", err)
+        mode = settings.wandb_mode
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode != "disabled":
+            try:
+                import wandb
+                self.wandb = wandb.init(project=settings.wandb_project, name=run_name,
+                                        dir=str(run_dir), mode=mode, config=config,
+                                        reinit="finish_previous")
+            except Exception as err:  # optional back-end
+                log.warning("wandb logging is off: %s", err)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.jsonl.flush()
+        if self.tb:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def read_history(path: Path) -> dict[int, dict]:
+    """step -> metrics, the last line winning (a resumed run may repeat steps)."""
+    history: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                history.setdefault(row["step"], {}).update(row)
+    return dict(sorted(history.items()))

@@ -1,0 +1,75 @@
+"""The running components (rollout, reward, buffer and learner workers) and the
+phase-level operations the scheduler calls on them. Data moves between workers as futures,
+so under Ray it goes from actor to actor without a detour through the driver.
+"""
+from __future__ import annotations
+
+from actors.buffer import ReplayBuffer
+from actors.reward import RewardWorker
+from actors.rollout import RolloutWorker
+from core.records import Prompt, Sample, SamplingParams
+from orchestrator.cluster import Cluster
+from orchestrator.learner_group import LearnerGroup
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """Contiguous, near-equal chunks (the first ones one longer when it does not divide)."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        end = start + size + (k < extra)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+class Pipeline:
+    def __init__(self, cfg, cluster: Cluster, policy_path: str, learner: LearnerGroup):
+        self.cluster, self.learner = cluster, learner
+        r = cfg.rollout
+        self.rollouts = [
+            cluster.spawn(RolloutWorker, r.engine, policy_path, num_cpus=r.num_cpus,
+                          num_gpus=r.num_gpus, max_batch_prompts=r.max_batch_prompts,
+                          threads=r.threads, dtype=cfg.model.dtype)
+            for _ in range(r.num_workers)]
+        sources = [dict(s) for s in cfg.reward.sources]
+        self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source)
+                          for _ in range(cfg.reward.num_workers)]
+        self.buffer = cluster.spawn(ReplayBuffer, cfg.buffer.strategy, cfg.buffer.max_staleness)
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingParams, tag: str) -> list:
+        """Start generation on every rollout worker; one future per non-empty share."""
+        futures = []
+        for k, (worker, share) in enumerate(zip(self.rollouts,
+                                                split_evenly(prompts, len(self.rollouts)))):
+            if share:
+                worker_sampling = SamplingParams(**{**vars(sampling), "seed": sampling.seed + k})
+                futures.append(worker.call("generate", share, worker_sampling, tag))
+        return futures
+
+    def annotate(self, sample_futures: list) -> list:
+        """Score each worker's samples on a reward worker (whole groups stay together)."""
+        return [self.rewarders[k % len(self.rewarders)].call("score", f)
+                for k, f in enumerate(sample_futures)]
+
+    def to_buffer(self, scored_futures: list) -> None:
+        self.cluster.get([self.buffer.call("add", f) for f in scored_futures])
+
+    def next_batch(self, num_groups: int, version: int) -> list[Sample] | None:
+        return self.cluster.get(self.buffer.call("next_batch", num_groups, version))
+
+    def sync_weights(self, version: int) -> None:
+        """Publish the learner's current weights to every rollout worker."""
+        state = self.learner.state_future()
+        self.cluster.get([w.call("load_weights", state, version) for w in self.rollouts])
+
+    def wait(self, futures: list) -> None:
+        """Block until the futures are done, without fetching their data to the driver."""
+        if self.cluster.remote:
+            import ray
+            ray.wait(futures, num_returns=len(futures), fetch_local=False)
+
+    def shutdown(self) -> None:
+        self.learner.shutdown()
+        for handle in [*self.rollouts, *self.rewarders, self.buffer]:
+            self.cluster.kill(handle)

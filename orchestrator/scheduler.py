@@ -1,0 +1,154 @@
+"""The central loop: prompts -> rollout -> reward -> buffer -> learn -> sync -> log -> checkpoint.
+
+Synchronous on-policy RL: step s samples with the weights of learner version s. Every phase
+is timed; what is left of the step's wall time is the scheduler's own overhead.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+
+from tqdm import tqdm
+
+from actors.reward import reward_metrics
+from core.records import Sample, SamplingParams
+from learners.prepare import build_train_batch
+from orchestrator.checkpoint import Checkpoints
+from orchestrator.metrics import MetricsSink, PhaseTimer
+from orchestrator.pipeline import Pipeline
+
+log = logging.getLogger("rewardmill")
+
+
+class Scheduler:
+    def __init__(self, cfg, pipeline: Pipeline, prompts, eval_prompts, pad_id: int,
+                 sink: MetricsSink, checkpoints: Checkpoints, tokenizer_path: str):
+        self.cfg, self.pipe, self.prompts, self.eval_prompts = cfg, pipeline, prompts, eval_prompts
+        self.pad_id, self.sink, self.checkpoints = pad_id, sink, checkpoints
+        self.tokenizer_path = tokenizer_path
+        self.source_names = [s.name for s in cfg.reward.sources]
+        self.step = 0
+        self.evals: dict[int, float] = {}   # step -> held-out accuracy
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        if self.step == 0 and 0 not in self.evals:
+            self.log_eval(0)
+        history = []
+        bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps,
+                   desc="RL", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+        for step in bar:
+            metrics = self.train_step(step)
+            self.step = step + 1
+            last = self.step == cfg.steps
+            if cfg.eval.every and (self.step % cfg.eval.every == 0 or last):
+                metrics.update(self.log_eval(self.step, log_now=False))
+            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or last:
+                with_time = time.perf_counter()
+                self.save()
+                metrics["time/checkpoint"] = time.perf_counter() - with_time
+            self.sink.log(self.step, metrics)
+            history.append(metrics)
+            bar.set_postfix(reward=f"{metrics['reward/combined']:.3f}",
+                            acc=f"{self.latest_accuracy():.3f}",
+                            step_s=f"{metrics['time/step']:.2f}")
+        return history
+
+    def train_step(self, step: int) -> dict:
+        cfg, timer, start = self.cfg, PhaseTimer(), time.perf_counter()
+        with timer("rollout"):
+            futures = self.pipe.generate(self.prompts.next(cfg.data.prompts_per_step),
+                                         self.sampling(step), tag=f"{step}/")
+            self.pipe.wait(futures)
+        with timer("reward"):
+            futures = self.pipe.annotate(futures)
+            self.pipe.wait(futures)
+        with timer("buffer"):
+            self.pipe.to_buffer(futures)
+            samples = self.pipe.next_batch(cfg.data.prompts_per_step, version=step)
+        with timer("prepare"):
+            batch = build_train_batch(
+                samples, pad_id=self.pad_id, estimator=cfg.algorithm.estimator,
+                estimator_options={"norm_by_std": cfg.algorithm.norm_by_std},
+                loss_aggregation=cfg.algorithm.loss_aggregation,
+                mini_batch_size=cfg.learner.mini_batch_size,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                exclude_flagged=cfg.reward.exclude_flagged_from_loss)
+            batch_future = self.pipe.cluster.put(batch)
+        with timer("train"):
+            train = self.pipe.learner.train_step(batch_future)
+        with timer("sync"):
+            self.pipe.sync_weights(version=step + 1)
+        total = time.perf_counter() - start
+        metrics = {**reward_metrics(samples, self.source_names),
+                   **rollout_metrics(samples, learner_version=step),
+                   **{f"train/{k}": v for k, v in train.items()}}
+        metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        metrics["time/step"] = total
+        metrics["time/scheduler_overhead"] = total - sum(timer.seconds.values())
+        return metrics
+
+    def sampling(self, step: int) -> SamplingParams:
+        r = self.cfg.rollout
+        # A seed per (run seed, step): a resumed run draws exactly the samples it would have.
+        seed = zlib.crc32(f"{self.cfg.seed}/{step}".encode())
+        return SamplingParams(n=r.responses_per_prompt, temperature=r.temperature, top_p=r.top_p,
+                              top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=seed)
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        """Greedy decoding on the held-out prompts, scored by the same reward sources."""
+        if not self.eval_prompts:
+            return {}
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
+        futures = self.pipe.annotate(self.pipe.generate(self.eval_prompts, greedy, tag="eval/"))
+        samples = [s for part in self.pipe.cluster.get(futures) for s in part]
+        source = self.cfg.eval.accuracy_source
+        return {"eval/accuracy": sum(s.rewards[source] for s in samples) / len(samples),
+                "eval/response_len": sum(len(s.response_ids) for s in samples) / len(samples)}
+
+    def log_eval(self, step: int, log_now: bool = True) -> dict:
+        start = time.perf_counter()
+        metrics = self.evaluate()
+        if metrics:
+            metrics["time/eval"] = time.perf_counter() - start
+            self.evals[step] = metrics["eval/accuracy"]
+            log.info("step %d: held-out accuracy %.3f", step, metrics["eval/accuracy"])
+            if log_now:
+                self.sink.log(step, metrics)
+        return metrics
+
+    def latest_accuracy(self) -> float:
+        return self.evals[max(self.evals)] if self.evals else float("nan")
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save(self) -> None:
+        tmp = self.checkpoints.staging(self.step)
+        self.pipe.learner.run("save", str(tmp / "policy"), self.tokenizer_path)
+        state = {"step": self.step, "prompts": self.prompts.state_dict(),
+                 "evals": {str(k): v for k, v in self.evals.items()}}
+        buffer_state = self.pipe.cluster.get(self.pipe.buffer.call("state_dict"))
+        self.checkpoints.commit(tmp, state, buffer_state)
+
+    def restore(self, folder) -> None:
+        state, buffer_state = Checkpoints.read(folder)
+        version = self.pipe.learner.run("load", str(folder / "policy"))[0]
+        self.pipe.sync_weights(version)
+        self.pipe.cluster.get(self.pipe.buffer.call("load_state_dict", buffer_state))
+        self.prompts.load_state_dict(state["prompts"])
+        self.step = state["step"]
+        self.evals = {int(k): v for k, v in state["evals"].items()}
+        log.info("resumed from %s at step %d", folder, self.step)
+
+
+def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:
+    n = max(len(samples), 1)
+    return {"rollout/response_len": sum(len(s.response_ids) for s in samples) / n,
+            "rollout/truncated_fraction": sum(s.truncated for s in samples) / n,
+            # learner versions between the weights that sampled and the weights trained
+            "rollout/staleness": sum(learner_version - s.policy_version for s in samples) / n}

@@ -1,0 +1,82 @@
+"""Toy verifiable task: multi-digit addition solved with a per-digit scratchpad.
+
+    prompt:    "347+285="
+    solution:  "7+5=12;4+8+1=13;3+2+1=6;#632"
+
+One step per digit column, least significant first: the column's digits, "+1" when a carry
+comes in, and the column sum. The steps give a step-level verifier (`check_steps`) and a
+length that grows with the number of digits; the answer after "#" is checked exactly.
+Problems are a pure function of (seed, split, index), so any process can regenerate them.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+STEP_END = ";"
+ANSWER_MARK = "#"
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt_id: str
+    prompt: str
+    solution: str          # the worked scratchpad, used for the SFT warm start
+    answer: int
+
+
+class ToyArithmetic:
+    """Addition of `operands` numbers with `min_digits`..`max_digits` digits each."""
+
+    def __init__(self, min_digits: int = 1, max_digits: int = 3, operands: int = 2,
+                 seed: int = 0):
+        if not 1 <= min_digits <= max_digits:
+            raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
+        if operands < 2:
+            raise ValueError(f"operands must be >= 2, got {operands}")
+        self.min_digits, self.max_digits, self.operands, self.seed = (
+            min_digits, max_digits, operands, seed)
+
+    def problem(self, split: str, index: int) -> Problem:
+        rng = random.Random(f"{self.seed}/{split}/{index}")
+        numbers = []
+        for _ in range(self.operands):
+            digits = rng.randint(self.min_digits, self.max_digits)
+            low = 0 if digits == 1 else 10 ** (digits - 1)
+            numbers.append(rng.randint(low, 10 ** digits - 1))
+        prompt = "+".join(map(str, numbers)) + "="
+        return Problem(f"toy-{split}-{index}", prompt, scratchpad(numbers), sum(numbers))
+
+
+def scratchpad(numbers: list[int]) -> str:
+    columns = max(len(str(n)) for n in numbers)
+    steps, carry = [], 0
+    for col in range(columns):
+        digits = [(n // 10 ** col) % 10 for n in numbers]
+        total = sum(digits) + carry
+        terms = "+".join(map(str, digits)) + (f"+{carry}" if carry else "")
+        steps.append(f"{terms}={total}")
+        carry = total // 10
+    return STEP_END.join(steps) + STEP_END + ANSWER_MARK + str(sum(numbers))
+
+
+def extract_answer(response: str) -> int | None:
+    """The integer after the last '#', or None when there is none."""
+    if ANSWER_MARK not in response:
+        return None
+    tail = response.rsplit(ANSWER_MARK, 1)[1].strip()
+    return int(tail) if tail.isdigit() else None
+
+
+def check_steps(prompt: str, response: str) -> list[bool]:
+    """Oracle step checker: for each written step, is it the correct column computation?
+
+    Step k must equal the k-th step of the true scratchpad exactly; steps past the true
+    number of columns are wrong.
+    """
+    numbers = [int(x) for x in prompt.rstrip("=").split("+")]
+    truth = scratchpad(numbers).split(ANSWER_MARK)[0].split(STEP_END)[:-1]
+    written = response.split(ANSWER_MARK)[0].split(STEP_END)
+    if written and written[-1] == "":
+        written = written[:-1]
+    return [k < len(truth) and step == truth[k] for k, step in enumerate(written)]
