@@ -148,7 +148,9 @@ class Scheduler:
 
 def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:
     n = max(len(samples), 1)
-    return {"rollout/response_len": sum(len(s.response_ids) for s in samples) / n,
+    tokens = sum(len(s.response_ids) for s in samples)
+    return {"rollout/samples": float(len(samples)), "rollout/response_tokens": float(tokens),
+            "rollout/response_len": tokens / n,
             "rollout/truncated_fraction": sum(s.truncated for s in samples) / n,
             # learner versions between the weights that sampled and the weights trained
             "rollout/staleness": sum(learner_version - s.policy_version for s in samples) / n}
