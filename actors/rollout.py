@@ -7,10 +7,26 @@ spawns (in-process or as a Ray actor); it picks the engine by name.
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample
+
+
+class Engine(Protocol):
+    """What a rollout engine provides; `version` is the learner step of its weights."""
+
+    version: int
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingParams,
+                 group_tag: str = "") -> list[Sample]:
+        """`sampling.n` samples per prompt, with the log-prob of every sampled token under
+        softmax(logits / temperature), in prompt order; `group_tag + prompt_id` is the group."""
+
+    def load_weights(self, state: dict, version: int) -> None:
+        """Take a full state dict from the learner and tag later samples with `version`."""
 
 
 class HFEngine:
@@ -74,7 +90,7 @@ class HFEngine:
         return samples
 
 
-ENGINES = {"hf": HFEngine}
+ENGINES: dict[str, type[Engine]] = {"hf": HFEngine}
 
 
 class RolloutWorker:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import string
 from pathlib import Path
 
 import torch
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+transformers.utils.logging.disable_progress_bar()  # a bar per load and save, in every worker, is noise
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -42,6 +45,14 @@ def load_tokenizer(path: str | os.PathLike):
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
+
+
+def copy_tokenizer(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Save the tokenizer of folder `src` into `dst` (with the marker that says how to load it)."""
+    load_tokenizer(src).save_pretrained(dst)
+    marker = Path(src) / "rewardmill_tokenizer.json"
+    if marker.exists():
+        (Path(dst) / marker.name).write_text(marker.read_text())
 
 
 def build_tiny_policy(folder: str | os.PathLike, arch: dict, seed: int) -> Path:
@@ -82,14 +93,9 @@ def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
 def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished folder into place; readers never see a half-written `dst`."""
     dst = Path(dst)
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
-        old = dst.with_name(dst.name + ".old")
-        if old.exists():
-            import shutil
-            shutil.rmtree(old)
         os.replace(dst, old)
-        os.replace(src, dst)
-        import shutil
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from core.models import load_policy
+from core.models import copy_tokenizer, load_policy
 from core.net import node_address
 from core.records import Batch
 from learners.algorithms import clipped_policy_loss, entropy_from_logits, kl_estimate
@@ -239,19 +239,18 @@ class LearnerWorker:
         return state if self.rank == 0 else None
 
     def save(self, folder: str, tokenizer_path: str) -> None:
-        """Write a HF folder (loadable by from_pretrained) plus optimizer and scheduler state."""
+        """Write a HF folder (loadable by from_pretrained) plus optimizer, scheduler and
+        each rank's RNG state (dropout, if the model has any, draws from it)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
         model_state = self.full_state_dict()
         optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(
             full_state_dict=True, cpu_offload=True))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), folder / f"rng_rank{self.rank}.pt")
         if self.rank == 0:
-            folder = Path(folder)
             self.model.save_pretrained(folder, state_dict=model_state)
-            from core.models import load_tokenizer
-            load_tokenizer(tokenizer_path).save_pretrained(folder)
-            marker = Path(tokenizer_path) / "rewardmill_tokenizer.json"
-            if marker.exists():
-                (folder / marker.name).write_text(marker.read_text())
+            copy_tokenizer(tokenizer_path, folder)
             torch.save({"optimizer": optim_state, "scheduler": self.scheduler.state_dict()},
                        folder / "optimizer.pt")
             (folder / "learner_state.json").write_text(json.dumps({"version": self.version}))
@@ -269,12 +268,28 @@ class LearnerWorker:
         extra = torch.load(folder / "optimizer.pt", weights_only=False)
         set_optimizer_state_dict(self.model, self.optimizer, extra["optimizer"], options=full)
         self.scheduler.load_state_dict(extra["scheduler"])
+        rng = folder / f"rng_rank{self.rank}.pt"
+        if rng.exists():  # absent when resuming with more ranks than were saved
+            _set_rng_state(torch.load(rng, weights_only=False))
         self.version = json.loads((folder / "learner_state.json").read_text())["version"]
         return self.version
 
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 _SUMMED = ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "behaviour_gap_sum", "tokens")

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from core.models import build_tiny_policy, load_tokenizer
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.cluster import Cluster
-from orchestrator.config import validate
+from orchestrator.config import ConfigError, validate
 from orchestrator.learner_group import LearnerGroup
 from orchestrator.metrics import MetricsSink, read_history
 from orchestrator.pipeline import Pipeline
@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = prepare_run_dir(cfg)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
     cluster = Cluster(cfg.cluster.mode, cfg.cluster.address, cfg.cluster.num_cpus or needed_cpus(cfg))
-    pipeline = sink = None
+    learner = pipeline = sink = None
     try:
         base = base_model(cfg)
         tokenizer = load_tokenizer(base)
@@ -65,6 +65,8 @@ def run(cfg: DictConfig) -> dict:
             sink.close()
         if pipeline:
             pipeline.shutdown()
+        if learner:
+            learner.shutdown()
         cluster.shutdown()
     return summary
 
@@ -114,7 +116,11 @@ def datasets(cfg, tokenizer):
         return rows
     eval_rows = read(d.file.eval_path)[:cfg.eval.num_prompts] if d.file.eval_path else []
     train = read(d.file.train_path)
-    return train, train, eval_rows
+    with_solution = [p for p in train if "solution" in p.metadata]
+    if cfg.warm_start.steps and not with_solution:
+        raise ConfigError(f"config warm_start.steps={cfg.warm_start.steps}: no row of "
+                          f"{d.file.train_path} has a {d.file.solution_field!r} field to learn from")
+    return train, with_solution, eval_rows
 
 
 def learner_settings(cfg) -> dict:

@@ -47,7 +47,8 @@ class MetricsSink:
                 import wandb
                 self.wandb = wandb.init(project=settings.wandb_project, name=run_name,
                                         dir=str(run_dir), mode=mode, config=config,
-                                        reinit="finish_previous")
+                                        reinit="finish_previous",
+                                        settings=wandb.Settings(silent=True, console="off"))
             except Exception as err:  # optional back-end
                 log.warning("wandb logging is off: %s", err)
 

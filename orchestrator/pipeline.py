@@ -70,6 +70,6 @@ class Pipeline:
             ray.wait(futures, num_returns=len(futures), fetch_local=False)
 
     def shutdown(self) -> None:
-        self.learner.shutdown()
+        """Stop the rollout, reward and buffer workers (the learner group is its owner's)."""
         for handle in [*self.rollouts, *self.rewarders, self.buffer]:
             self.cluster.kill(handle)

@@ -9,13 +9,17 @@ PANELS = [
     ("rollout/response_len", "response length (tokens)"),
 ]
 
+# the step's phases in pipeline order, then the occasional ones
+PHASE_ORDER = ("rollout", "reward", "buffer", "prepare", "train", "sync", "scheduler_overhead",
+               "eval", "checkpoint")
+
 
 def plot_run(history: dict[int, dict], png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.8))
     for ax, (key, title) in zip(axes, PANELS):
         points = [(s, m[key]) for s, m in history.items() if key in m]
         if points:
@@ -23,8 +27,9 @@ def plot_run(history: dict[int, dict], png: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
     ax = axes[-1]
-    phases = sorted({k for m in history.values() for k in m if k.startswith("time/")
-                     and k != "time/step"})
+    seen = {k[5:] for m in history.values() for k in m if k.startswith("time/")} - {"step"}
+    phases = [f"time/{p}" for p in PHASE_ORDER if p in seen]
+    phases += sorted(f"time/{p}" for p in seen - set(PHASE_ORDER))
     steps = [s for s, m in history.items() if "time/step" in m]
     bottom = [0.0] * len(steps)
     for key in phases:
@@ -34,7 +39,7 @@ def plot_run(history: dict[int, dict], png: Path) -> None:
     ax.set_title("time per phase (s)")
     ax.set_xlabel("step")
     if phases:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

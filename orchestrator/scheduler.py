@@ -47,9 +47,9 @@ class Scheduler:
             if cfg.eval.every and (self.step % cfg.eval.every == 0 or last):
                 metrics.update(self.log_eval(self.step, log_now=False))
             if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or last:
-                with_time = time.perf_counter()
+                saving = time.perf_counter()
                 self.save()
-                metrics["time/checkpoint"] = time.perf_counter() - with_time
+                metrics["time/checkpoint"] = time.perf_counter() - saving
             self.sink.log(self.step, metrics)
             history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward/combined']:.3f}",

@@ -31,7 +31,7 @@ def warm_start_folder(cfg, base_path: str) -> Path:
 
 
 def run_warm_start(cfg, cluster, learner_settings: dict, tokenizer, sft_data, base_path: str,
-                   folder: Path) -> dict:
+                   folder: Path) -> None:
     """SFT `cfg.warm_start.steps` steps on the worked solutions, then save to `folder`.
 
     Uses its own learner group (same ranks and strategy as RL, SFT learning rate), which
@@ -43,21 +43,23 @@ def run_warm_start(cfg, cluster, learner_settings: dict, tokenizer, sft_data, ba
     learner = LearnerGroup(cluster, base_path, settings, cfg.learner.num_ranks,
                            use_reference=False, num_cpus=cfg.learner.num_cpus,
                            num_gpus=cfg.learner.num_gpus)
-    stream = PromptStream(sft_data, seed=cfg.seed, shuffle=True)
-    eos = tokenizer.eos_token_id
-    start, last = time.perf_counter(), {}
-    for step in range(ws.steps):
-        prompts = stream.next(ws.batch_size)
-        batch = build_sft_batch(
-            [tokenizer(p.text)["input_ids"] for p in prompts],
-            [tokenizer(p.metadata["solution"])["input_ids"] + [eos] for p in prompts],
-            tokenizer.pad_token_id)
-        last = learner.sft_step(cluster.put(batch))
-        if (step + 1) % 50 == 0 or step + 1 == ws.steps:
-            log.info("warm start step %d/%d  loss %.4f", step + 1, ws.steps, last["sft_loss"])
-    tmp = folder.with_name(folder.name + ".tmp")
-    learner.run("save", str(tmp), base_path)
-    learner.shutdown()
+    try:
+        stream = PromptStream(sft_data, seed=cfg.seed, shuffle=True)
+        eos = tokenizer.eos_token_id
+        start, last = time.perf_counter(), {}
+        for step in range(ws.steps):
+            prompts = stream.next(ws.batch_size)
+            batch = build_sft_batch(
+                [tokenizer(p.text)["input_ids"] for p in prompts],
+                [tokenizer(p.metadata["solution"])["input_ids"] + [eos] for p in prompts],
+                tokenizer.pad_token_id)
+            last = learner.sft_step(cluster.put(batch))
+            if (step + 1) % 50 == 0 or step + 1 == ws.steps:
+                log.info("warm start step %d/%d  loss %.4f", step + 1, ws.steps, last["sft_loss"])
+        tmp = folder.with_name(folder.name + ".tmp")
+        learner.run("save", str(tmp), base_path)
+    finally:
+        learner.shutdown()
     replace_dir(tmp, folder)
-    return {"warm_start/steps": ws.steps, "warm_start/final_loss": last.get("sft_loss", 0.0),
-            "warm_start/seconds": time.perf_counter() - start}
+    log.info("warm start done in %.1fs, final loss %.4f", time.perf_counter() - start,
+             last.get("sft_loss", float("nan")))
