@@ -142,11 +142,16 @@ class LearnerWorker:
         M = self.s.mini_batch_size
         minis = [batch.select(slice(i, i + M)) for i in range(0, len(batch), M)]
         minis = [self._my_rows(mb) for mb in minis]
+        mismatch = torch.zeros(2)  # sum |learner - sampler| log-prob, tokens
         for mb in minis:
             if self.s.recompute_old_logprobs:
-                mb.extras["old_logprobs"] = self._logprobs_of(self.model, mb)
+                old = self._logprobs_of(self.model, mb)
+                real = mb.attention_mask[:, mb.prompt_len:].float()  # every sampled token
+                gap = (old - mb.behaviour_logprobs).abs() * real
+                mismatch += torch.stack([gap.sum(), real.sum()])
             else:
-                mb.extras["old_logprobs"] = mb.behaviour_logprobs
+                old = mb.behaviour_logprobs
+            mb.extras["old_logprobs"] = old
             if self.reference is not None:
                 mb.extras["ref_logprobs"] = self._logprobs_of(self.reference, mb)
         sums = torch.zeros(len(_SUMMED))
@@ -156,7 +161,13 @@ class LearnerWorker:
                 sums += self._accumulate(mb)
                 grad_norms.append(self._optimizer_step())
         self.version += 1
-        return self._reduce_metrics(sums, grad_norms, optimizer_steps=len(grad_norms))
+        metrics = self._reduce_metrics(sums, grad_norms)
+        if self.s.recompute_old_logprobs:
+            if self.world_size > 1:
+                dist.all_reduce(mismatch)
+            # Same weights, so any gap is the sampler and the learner computing differently.
+            metrics["logprob_mismatch"] = float(mismatch[0] / mismatch[1].clamp(min=1))
+        return metrics
 
     def _accumulate(self, rows: Batch) -> torch.Tensor:
         """Forward/backward every micro-batch of this rank's rows; returns weighted sums."""
@@ -177,13 +188,8 @@ class LearnerWorker:
                 per_token = per_token + self.s.kl_coef * kl
             loss = (w * per_token).sum()
             (loss * self.world_size).backward()
-            mask = mb.response_mask.to(self.device)
-            behaviour_gap = (logprobs.detach() - mb.behaviour_logprobs[:, :R].to(self.device)).abs()
-            sums += torch.stack([
-                loss.detach(), (w * pg).sum().detach(), (w * kl).sum().detach(),
-                (w * entropy).sum().detach(), (w * clipped).sum(),
-                (behaviour_gap * mask).sum(), mask.sum(),
-            ]).cpu()
+            sums += torch.stack([loss, (w * pg).sum(), (w * kl).sum(), (w * entropy).sum(),
+                                 (w * clipped).sum()]).detach().cpu()
         return sums
 
     def _sync_gradients(self, sync: bool) -> None:
@@ -199,23 +205,20 @@ class LearnerWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _reduce_metrics(self, sums: torch.Tensor, grad_norms: list[float], optimizer_steps: int):
+    def _reduce_metrics(self, sums: torch.Tensor, grad_norms: list[float]) -> dict:
+        """Mean per optimizer step of each weighted sum, over all ranks."""
         if self.world_size > 1:
             dist.all_reduce(sums)
-        n = max(optimizer_steps, 1)
-        m = dict(zip(_SUMMED, sums.tolist()))
-        tokens = max(m.pop("tokens"), 1.0)
-        out = {k: v / n for k, v in m.items() if k != "behaviour_gap_sum"}
-        out["logprob_gap_vs_behaviour"] = m["behaviour_gap_sum"] / tokens
-        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
+        steps = max(len(grad_norms), 1)
+        out = {k: v / steps for k, v in zip(_SUMMED, sums.tolist())}
+        out["grad_norm"] = sum(grad_norms) / steps
         out["lr"] = self.optimizer.param_groups[0]["lr"]
-        out["optimizer_steps"] = optimizer_steps
+        out["optimizer_steps"] = len(grad_norms)
         return out
 
     def sft_step(self, batch: Batch) -> dict:
         """One supervised step: minimise sum(loss_weights * -log p(token)) over the batch."""
-        self.model.train()
-        sums = torch.zeros(2)
+        total = torch.zeros(1)
         micros = self._micro_batches(self._my_rows(batch))
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
@@ -223,11 +226,11 @@ class LearnerWorker:
             w = mb.extras["loss_weights"][:, :logprobs.shape[1]].to(self.device)
             loss = -(w * logprobs).sum()
             (loss * self.world_size).backward()
-            sums += torch.stack([loss.detach().cpu(), torch.tensor(1.0)])
+            total += loss.detach().cpu()
         norm = self._optimizer_step()
         if self.world_size > 1:
-            dist.all_reduce(sums)
-        return {"sft_loss": float(sums[0]), "grad_norm": norm}
+            dist.all_reduce(total)
+        return {"sft_loss": float(total), "grad_norm": norm}
 
     # --- weights and checkpoints ---------------------------------------------------------
 
@@ -292,4 +295,5 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-_SUMMED = ("loss", "pg_loss", "kl", "entropy", "clip_fraction", "behaviour_gap_sum", "tokens")
+# Loss-weighted sums each micro-batch adds up; reported as means per optimizer step.
+_SUMMED = ("loss", "pg_loss", "kl", "entropy", "clip_fraction")

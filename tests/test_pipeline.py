@@ -31,7 +31,7 @@ def test_inline_run_survives_raising_and_hanging_rewards(tmp_path):
         # every sample of the batch (4 prompts x 4 responses) is flagged by both bad sources
         assert r["reward/flagged/broken"] == 16 and r["reward/flagged/slow"] == 16
         assert r["reward/flagged/correct"] == 0
-        assert r["train/logprob_gap_vs_behaviour"] < 1e-4   # sampler and learner agree
+        assert r["train/logprob_mismatch"] < 1e-4   # sampler and learner agree
         assert r["time/scheduler_overhead"] >= 0
     # flagged samples get no gradient, so with every sample flagged nothing is trained
     assert all(r["train/loss"] == 0 for r in rows)
@@ -50,6 +50,7 @@ def test_local_ray_run_with_two_learner_ranks(tmp_path):
     assert summary["steps"] == 2
     rows = [r for r in _history(run_dir) if "reward/combined" in r]
     assert len(rows) == 2 and all(r["train/optimizer_steps"] == 2 for r in rows)
+    assert all(r["train/logprob_mismatch"] < 1e-4 for r in rows)
     assert (run_dir / "summary.png").stat().st_size > 10_000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run_dir / "wandb").glob("offline-run-*"))
