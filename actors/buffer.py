@@ -50,22 +50,39 @@ class ReplayBuffer:
         be when it is trained on (0 = strictly on-policy)."""
         self.strategy = lookup("buffer", strategy)(**strategy_options)
         self.max_staleness = max_staleness
-        self.counters = {"added_groups": 0, "served_groups": 0, "dropped_stale_groups": 0}
+        self.uniform: list[list[Sample]] = []  # groups set aside by dynamic sampling
+        self.counters = {"added_groups": 0, "served_groups": 0, "dropped_stale_groups": 0,
+                         "dropped_uniform_groups": 0, "padded_uniform_groups": 0}
 
-    def add(self, samples: list[Sample]) -> int:
+    def add(self, samples: list[Sample], drop_uniform: bool = False) -> int:
+        """Queue the samples' groups. With `drop_uniform` (DAPO dynamic sampling), groups
+        whose rewards are all equal carry no signal and are set aside instead."""
         groups = groups_of(samples)
-        self.strategy.add(groups)
         self.counters["added_groups"] += len(groups)
+        if drop_uniform:
+            uniform = [g for g in groups if len({s.reward for s in g}) == 1]
+            groups = [g for g in groups if len({s.reward for s in g}) > 1]
+            self.uniform += uniform
+            self.counters["dropped_uniform_groups"] += len(uniform)
+        self.strategy.add(groups)
         return len(self.strategy)
 
-    def next_batch(self, num_groups: int, current_version: int) -> list[Sample] | None:
-        """`num_groups` whole groups, or None when too few fresh groups are waiting."""
+    def next_batch(self, num_groups: int, current_version: int,
+                   pad_with_uniform: bool = True) -> list[Sample] | None:
+        """`num_groups` whole groups, or None when too few fresh groups are waiting. With
+        `pad_with_uniform`, a shortfall is made up from groups set aside as uniform (they
+        have zero advantage under group baselines, so they only keep the batch's shape)."""
         oldest = current_version - self.max_staleness
         self.counters["dropped_stale_groups"] += self.strategy.drop_if(
             lambda g: min(s.policy_version for s in g) < oldest)
+        shortfall = num_groups - len(self.strategy)
+        if shortfall > 0:
+            if not pad_with_uniform or shortfall > len(self.uniform):
+                return None
+            self.strategy.add(self.uniform[:shortfall])
+            self.counters["padded_uniform_groups"] += shortfall
         groups = self.strategy.take(num_groups)
-        if groups is None:
-            return None
+        self.uniform = []
         self.counters["served_groups"] += len(groups)
         return [s for g in groups for s in g]
 
@@ -74,8 +91,10 @@ class ReplayBuffer:
             "buffer/waiting_groups": float(len(self.strategy))}
 
     def state_dict(self) -> dict:
-        return {"strategy": self.strategy.state_dict(), "counters": dict(self.counters)}
+        return {"strategy": self.strategy.state_dict(), "counters": dict(self.counters),
+                "uniform": self.uniform}
 
     def load_state_dict(self, state: dict) -> None:
         self.strategy.load_state_dict(state["strategy"])
         self.counters = dict(state["counters"])
+        self.uniform = state.get("uniform", [])

@@ -1,10 +1,12 @@
 """Reward annotation: run the configured reward sources on finished samples.
 
 Each source is a callable found by name (core.registry, kind "reward") or dotted path:
-  scope "sample": fn(sample, **kwargs) -> float
-  scope "group":  fn(samples_of_one_group, **kwargs) -> list[float]
-Every source's score is kept in `sample.rewards[name]`; the combined reward is the weighted
-sum. A call that raises, returns a non-finite number, or runs past its timeout does not stop
+  scope "sample": fn(sample, **kwargs) -> score
+  scope "group":  fn(samples_of_one_group, **kwargs) -> list of scores, one per sample
+A score is a number, or, for a source with granularity "step", a list with one number per
+step of `sample.steps`. Every source's score is kept in `sample.rewards[name]` (a step
+source's steps in `sample.step_scores[name]`, their `step_reduce` in `sample.rewards[name]`);
+the combined reward is the weighted sum of `sample.rewards`. A call that raises, returns a non-finite number, or runs past its timeout does not stop
 the run: each affected sample gets the source's `failure_value`, a flag saying why, and is
 counted in the step's metrics.
 """
@@ -32,7 +34,13 @@ class RewardSource:
     scope: str = "sample"           # "sample" or "group" (needs all G responses)
     timeout_s: float = 10.0         # wall seconds one call may take
     failure_value: float = 0.0      # score given when the call fails or times out
+    granularity: str = "response"   # "response": one number; "step": one per sample.steps
+    step_reduce: str = "mean"       # step source's scalar: mean | min | sum | last of its steps
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v: min(v, default=0.0),
+               "sum": sum, "last": lambda v: v[-1] if v else 0.0}
 
 
 class RewardWorker:
@@ -44,6 +52,9 @@ class RewardWorker:
             if s.scope not in ("sample", "group"):
                 raise ValueError(f"reward source {s.name!r}: scope must be 'sample' or 'group', "
                                  f"got {s.scope!r}")
+            if s.granularity not in ("response", "step") or s.step_reduce not in STEP_REDUCE:
+                raise ValueError(f"reward source {s.name!r}: granularity must be response|step "
+                                 f"and step_reduce one of {sorted(STEP_REDUCE)}")
         self.functions: dict[str, Callable] = {s.name: lookup("reward", s.fn) for s in self.sources}
         self.threads = threads_per_source
         self.pools = {s.name: self._new_pool() for s in self.sources}
@@ -73,14 +84,17 @@ class RewardWorker:
                 failures += self._fail(source, unit, f"timeout after {source.timeout_s:g}s")
                 continue
             try:
-                scores = [float(x) for x in fut.result()]
-                if len(scores) != len(unit) or not all(math.isfinite(x) for x in scores):
-                    raise ValueError(f"returned {fut.result()!r} for {len(unit)} samples; "
-                                     "expected one finite number per sample")
+                scores = list(fut.result())
+                if len(scores) != len(unit):
+                    raise ValueError(f"returned {len(scores)} scores for {len(unit)} samples")
+                scores = [self._check(source, s, x) for s, x in zip(unit, scores)]
             except Exception as err:  # the reward code is not ours: any error is a flag
                 failures += self._fail(source, unit, f"{type(err).__name__}: {err}")
                 continue
             for s, x in zip(unit, scores):
+                if source.granularity == "step":
+                    s.step_scores[source.name] = x
+                    x = STEP_REDUCE[source.step_reduce](x)
                 s.rewards[source.name] = x
         if failures:
             log.warning("reward source %r flagged %d of %d samples (scored %g); first: %s",
@@ -92,10 +106,26 @@ class RewardWorker:
             self.pools[source.name] = self._new_pool()
 
     @staticmethod
+    def _check(source: RewardSource, sample: Sample, score):
+        """A finite float, or for a step source a list of them, one per step."""
+        if source.granularity == "step":
+            values = [float(v) for v in score]
+            if sample.steps is None or len(values) != len(sample.steps):
+                raise ValueError(f"step source returned {len(values)} scores for "
+                                 f"{len(sample.steps or [])} steps (set rollout.step_delimiter)")
+        else:
+            values = [float(score)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"returned {score!r}; expected finite numbers")
+        return values if source.granularity == "step" else values[0]
+
+    @staticmethod
     def _fail(source: RewardSource, unit: list[Sample], why: str) -> list[str]:
         for s in unit:
             s.rewards[source.name] = source.failure_value
             s.flags[source.name] = why
+            if source.granularity == "step":
+                s.step_scores[source.name] = [source.failure_value] * len(s.steps or [])
         return [f"{s.prompt_id}: {why}" for s in unit]
 
 

@@ -13,6 +13,7 @@ import torch
 
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample
+from core.steps import split_steps
 
 
 class Engine(Protocol):
@@ -31,7 +32,8 @@ class Engine(Protocol):
 
 class HFEngine:
     def __init__(self, model_path: str, max_batch_prompts: int = 64, threads: int = 0,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", step_delimiter: str | None = None):
+        self.step_delimiter = step_delimiter
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -79,14 +81,18 @@ class HFEngine:
             length = int(eos_at[0]) + 1 if len(eos_at) else generated.shape[1]
             ids = generated[row, :length].tolist()
             prompt_ids = enc["input_ids"][row // sp.n][enc["attention_mask"][row // sp.n] == 1]
+            steps = step_ends = None
+            if self.step_delimiter:
+                pieces = [tok.decode([t], skip_special_tokens=True) for t in ids]
+                steps, step_ends = split_steps(pieces, self.step_delimiter)
             samples.append(Sample(
                 prompt_id=prompt.prompt_id, group_id=f"{group_tag}{prompt.prompt_id}",
                 prompt_ids=prompt_ids.tolist(), response_ids=ids,
                 behaviour_logprobs=logprobs[row, :length].tolist(),
                 policy_version=self.version, prompt_text=prompt.text,
                 response_text=tok.decode(ids, skip_special_tokens=True),
-                truncated=not len(eos_at), answer=prompt.answer,
-                metadata=dict(prompt.metadata)))
+                truncated=not len(eos_at), answer=prompt.answer, steps=steps,
+                step_ends=step_ends, metadata=dict(prompt.metadata)))
         return samples
 
 

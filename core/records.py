@@ -29,8 +29,11 @@ class Sample:
     reward: float | None = None         # the combined reward the learner optimises
     flags: dict[str, str] = field(default_factory=dict)       # source -> why it failed
     loss_mask: list[int] | None = None  # per response token, 1 = trained on; None = all ones
-    step_ends: list[int] | None = None  # response token index where each reasoning step ends
-    step_rewards: list[float] | None = None  # one reward per step, when a source gives them
+    guided_mask: list[int] | None = None  # per response token, 1 = written by a guide model
+                                        # (off-policy, e.g. a SCOPE repair); None = all on-policy
+    steps: list[str] | None = None      # the response split into reasoning steps (see rollout.step_delimiter)
+    step_ends: list[int] | None = None  # per step, the response token index just past its end
+    step_scores: dict[str, list[float]] = field(default_factory=dict)  # source -> one score per step
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,7 +90,14 @@ class Batch:
                 response_mask[i, :r] = torch.tensor(s.token_mask(), dtype=torch.float)
                 behaviour[i, :r] = torch.tensor(s.behaviour_logprobs, dtype=torch.float)
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        return cls(input_ids, attention, position_ids, response_mask, behaviour, P)
+        batch = cls(input_ids, attention, position_ids, response_mask, behaviour, P)
+        if any(s.guided_mask for s in samples):
+            guided = torch.zeros((B, R))
+            for i, s in enumerate(samples):
+                if s.guided_mask:
+                    guided[i, :len(s.guided_mask)] = torch.tensor(s.guided_mask, dtype=torch.float)
+            batch.extras["guided"] = guided
+        return batch
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -13,8 +13,9 @@ _REGISTRY: dict[str, dict[str, Any]] = {}
 
 # Modules whose import fills each kind's registry with the built-in entries.
 _BUILTIN_MODULES = {
-    "reward": ["rewards.toy"],
-    "advantage": ["learners.algorithms"],
+    "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise"],
+    "advantage": ["learners.advantages"],
+    "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],
 }
 

@@ -1,14 +1,33 @@
 """Turn annotated samples into a learner batch: advantages and loss weights per token.
 
-This is where the algorithm lives; the learner itself only applies what arrives here.
+This is where the algorithm lives (estimator, masks, aggregation); the learner only applies
+what arrives here.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from core.records import Batch, Sample
 from core.registry import lookup
-from learners.algorithms import aggregation_weights
+from learners.advantages import AdvantageInputs
+from learners.losses import aggregation_weights, kl_estimate
+
+
+@dataclass
+class BatchRecipe:
+    """The algorithm's choices for building a learner batch (conf/algorithm/*.yaml)."""
+
+    estimator: str = "grpo"
+    estimator_options: dict = field(default_factory=dict)
+    loss_aggregation: str = "seq-mean-token-mean"
+    mini_batch_size: int = 64         # responses per optimizer step (all ranks)
+    max_new_tokens: int = 64          # L_max, for seq-mean-token-sum-norm
+    exclude_flagged: bool = True      # no gradient from samples a reward source failed on
+    overlong_filter: bool = False     # no gradient from truncated responses (DAPO)
+    kl_in_reward_coef: float = 0.0    # per-token reward -coef * KL(pi_old || pi_ref)
+    kl_estimator: str = "k1"
 
 
 def group_index(samples: list[Sample]) -> torch.Tensor:
@@ -16,36 +35,75 @@ def group_index(samples: list[Sample]) -> torch.Tensor:
     return torch.tensor([ids.setdefault(s.group_id, len(ids)) for s in samples])
 
 
-def build_train_batch(samples: list[Sample], *, pad_id: int, estimator: str,
-                      estimator_options: dict, loss_aggregation: str, mini_batch_size: int,
-                      max_new_tokens: int, exclude_flagged: bool = True) -> Batch:
-    """Advantages from the combined rewards, broadcast to tokens; loss weights per mini-batch.
+def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
+                      annotations: dict[str, torch.Tensor] | None = None) -> tuple[Batch, dict]:
+    """Advantages from the rewards (and critic values / reference log-probs in
+    `annotations`), broadcast to tokens; loss weights per global mini-batch.
 
-    Flagged samples (a reward source failed) keep their place in their group's statistics
-    but, with `exclude_flagged`, get a zero loss mask so no gradient flows from them.
+    Masked-out samples (flagged, overlong, dropped by the estimator) keep their place in
+    their group's statistics but carry no gradient. Returns (batch, metrics).
     """
-    if exclude_flagged:
-        for s in samples:
-            if s.flagged:
-                s.loss_mask = [0] * len(s.response_ids)
-    rewards = torch.tensor([float(s.reward) for s in samples])
-    advantages = lookup("advantage", estimator)(rewards, group_index(samples), **estimator_options)
+    annotations = annotations or {}
+    for s in samples:
+        if (recipe.exclude_flagged and s.flagged) or (recipe.overlong_filter and s.truncated):
+            s.loss_mask = [0] * len(s.response_ids)
     batch = Batch.from_samples(samples, pad_id)
+    sampled = batch.attention_mask[:, batch.prompt_len:].float()
+    token_rewards = torch.zeros_like(sampled)
+    metrics = {}
+    if recipe.kl_in_reward_coef:
+        kl = kl_estimate(batch.behaviour_logprobs, annotations["ref_logprobs"],
+                         recipe.kl_estimator) * sampled
+        token_rewards -= recipe.kl_in_reward_coef * kl
+        metrics["kl_in_reward"] = float(kl.sum() / sampled.sum())
+    inputs = AdvantageInputs(torch.tensor([float(s.reward) for s in samples]),
+                             group_index(samples), sampled, token_rewards, samples,
+                             annotations.get("values"))
+    out = lookup("advantage", recipe.estimator)(inputs, **recipe.estimator_options)
     mask = batch.response_mask
+    if out.keep is not None:
+        mask *= out.keep[:, None].float()
+        metrics["kept_fraction"] = float(out.keep.float().mean())
     weights = torch.zeros_like(mask)
-    for start in range(0, len(samples), mini_batch_size):
-        rows = slice(start, start + mini_batch_size)
-        weights[rows] = aggregation_weights(mask[rows], loss_aggregation, max_new_tokens)
-    batch.extras["advantages"] = advantages[:, None] * mask
-    batch.extras["loss_weights"] = weights
-    return batch
+    for start in range(0, len(samples), recipe.mini_batch_size):
+        rows = slice(start, start + recipe.mini_batch_size)
+        weights[rows] = aggregation_weights(mask[rows], recipe.loss_aggregation,
+                                            recipe.max_new_tokens)
+    advantages = out.advantages * mask
+    batch.extras.update(advantages=advantages, loss_weights=weights, seq_rewards=inputs.rewards,
+                        group=inputs.group.float())
+    if "ref_logprobs" in annotations:
+        batch.extras["ref_logprobs"] = annotations["ref_logprobs"]
+    if out.returns is not None:
+        value_weights = torch.zeros_like(mask)
+        for start in range(0, len(samples), recipe.mini_batch_size):
+            rows = slice(start, start + recipe.mini_batch_size)
+            value_weights[rows] = aggregation_weights(mask[rows], "token-mean")
+        batch.extras.update(returns=out.returns, old_values=annotations["values"],
+                            value_weights=value_weights)
+    trained = mask.sum().clamp(min=1)
+    metrics["advantage_mean"] = float(advantages.sum() / trained)
+    metrics["advantage_abs_mean"] = float(advantages.abs().sum() / trained)
+    metrics["trained_token_fraction"] = float(mask.sum() / sampled.sum().clamp(min=1))
+    return batch, metrics
 
 
 def build_sft_batch(prompt_ids: list[list[int]], target_ids: list[list[int]], pad_id: int) -> Batch:
     """A supervised batch: token-mean cross-entropy over the target tokens of all rows."""
-    samples = [Sample(prompt_id="", group_id="", prompt_ids=p, response_ids=t,
-                      behaviour_logprobs=[0.0] * len(t), policy_version=0)
-               for p, t in zip(prompt_ids, target_ids)]
-    batch = Batch.from_samples(samples, pad_id)
+    batch = Batch.from_samples(_plain_samples(prompt_ids, target_ids), pad_id)
     batch.extras["loss_weights"] = aggregation_weights(batch.response_mask, "token-mean")
     return batch
+
+
+def build_pair_batch(prompt_ids: list[list[int]], chosen_ids: list[list[int]],
+                     rejected_ids: list[list[int]], pad_id: int) -> Batch:
+    """A preference batch: rows 2k and 2k+1 are pair k's chosen and rejected response."""
+    prompts = [p for p in prompt_ids for _ in range(2)]
+    targets = [t for pair in zip(chosen_ids, rejected_ids) for t in pair]
+    return Batch.from_samples(_plain_samples(prompts, targets), pad_id)
+
+
+def _plain_samples(prompt_ids, target_ids) -> list[Sample]:
+    return [Sample(prompt_id="", group_id="", prompt_ids=p, response_ids=t,
+                   behaviour_logprobs=[0.0] * len(t), policy_version=0)
+            for p, t in zip(prompt_ids, target_ids)]

@@ -1,16 +1,18 @@
-"""One learner rank: a torch.distributed process holding an FSDP2 shard of the policy.
+"""One learner rank: a torch.distributed process holding FSDP2 shards of the policy (and of
+the reference model and critic, when the algorithm uses them).
 
 The rank is algorithm-blind: batches arrive with per-token `advantages` and `loss_weights`
-already computed (see learners/algorithms.py), and it minimises
-    sum(loss_weights * (policy_loss + kl_coef * kl - entropy_coef * entropy))
-over each mini-batch. The loss weights sum over the whole global mini-batch, so rank r
-sums its own rows and FSDP's gradient averaging is undone by scaling with the world size.
+already computed (learners/advantages.py, learners/prepare.py); it applies the configured
+policy loss (learners/losses.py) and minimises, over each global mini-batch,
+    loss + kl_coef * sum(w * KL) - entropy_coef * sum(w * entropy).
+The loss weights sum over the whole mini-batch, so rank r sums its own rows and FSDP's
+gradient averaging is undone by scaling with the world size: 1 and N ranks take the same step.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +21,10 @@ import torch.distributed as dist
 from core.models import copy_tokenizer, load_policy
 from core.net import node_address
 from core.records import Batch
-from learners.algorithms import clipped_policy_loss, entropy_from_logits, kl_estimate
+from core.registry import lookup
+from learners.losses import (LossInputs, entropy_from_logits, kl_estimate, loss_needs,
+                             mean_log_softmax, value_loss)
+from learners.preference import dpo_loss, simpo_loss
 
 
 @dataclass
@@ -34,13 +39,19 @@ class LearnerSettings:
     mini_batch_size: int = 64      # responses per optimizer step, all ranks together
     micro_batch_size: int = 16     # responses per forward/backward on one rank
     epochs: int = 1                # passes over each rollout batch
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    kl_coef: float = 0.0
+    loss: str = "ppo"              # policy loss name (learners/losses.py registry)
+    loss_options: dict = field(default_factory=dict)
+    kl_coef: float = 0.0           # KL(pi || pi_ref) as a loss term
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     temperature: float = 1.0       # the sampler's temperature: log-probs are of logits / T
     recompute_old_logprobs: bool = True
+    tis_cap: float | None = None   # truncated IS weight min(pi_old / pi_behaviour, cap)
+    critic: bool = False           # train a value model (GAE)
+    critic_lr: float = 1e-5
+    value_clip: float | None = 0.2
+    preference_loss: str = "dpo"   # dpo | simpo (preference_step only)
+    preference_options: dict = field(default_factory=dict)
     strategy: str = "fsdp2"        # "fsdp2", or "none": one rank, no sharding
     threads: int = 0               # torch intra-op threads on CPU; 0 leaves torch's default
     dtype: str = "float32"         # "bfloat16": FSDP2 computes in bf16, keeps fp32 master weights
@@ -55,6 +66,7 @@ class LearnerWorker:
         self.s = LearnerSettings(**settings)
         self.model_path = model_path
         self.use_reference = use_reference
+        self.loss_fn = lookup("loss", self.s.loss)
         self.version = 0
         if self.s.threads:
             torch.set_num_threads(self.s.threads)
@@ -75,17 +87,24 @@ class LearnerWorker:
                                     rank=self.rank, world_size=self.world_size)
         self.model = self._sharded(load_policy(self.model_path))
         self.model.train()
-        self.reference = None
+        self.optimizer, self.scheduler = self._optimizer(self.model, self.s.lr)
+        self.reference = self.critic = None
         if self.use_reference:
             self.reference = self._sharded(load_policy(self.model_path)).eval()
             self.reference.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s.lr,
-                                           betas=tuple(self.s.betas),
-                                           weight_decay=self.s.weight_decay)
-        warmup = max(self.s.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
+        if self.s.critic:
+            self.critic = self._sharded(_load_critic(self.model_path))
+            self.critic_optimizer, self.critic_scheduler = self._optimizer(self.critic,
+                                                                           self.s.critic_lr)
         return self.rank
+
+    def _optimizer(self, model, lr):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(self.s.betas),
+                                      weight_decay=self.s.weight_decay)
+        warmup = max(self.s.warmup_steps, 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
+        return optimizer, scheduler
 
     def _sharded(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)
@@ -98,123 +117,193 @@ class LearnerWorker:
             fully_shard(model, mp_policy=mp)
         return model
 
-    # --- maths on one micro-batch --------------------------------------------------------
+    # --- forward passes ------------------------------------------------------------------
 
-    def _forward(self, model, mb: Batch, with_entropy: bool):
-        mb = mb.trimmed()
+    def _logits(self, model, mb: Batch) -> torch.Tensor:
+        """Logits (divided by the sampling temperature) that predict each response token."""
         out = model(input_ids=mb.input_ids.to(self.device),
                     attention_mask=mb.attention_mask.to(self.device),
                     position_ids=mb.position_ids.to(self.device), use_cache=False)
-        P = mb.prompt_len
-        logits = out.logits[:, P - 1:-1].float() / self.s.temperature
-        targets = mb.input_ids[:, P:].to(self.device)
-        logprobs = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        entropy = entropy_from_logits(logits) if with_entropy else None
-        return mb, logprobs, entropy
+        return out.logits[:, mb.prompt_len - 1:-1].float() / self.s.temperature
+
+    def _token_logprobs(self, logits: torch.Tensor, mb: Batch) -> torch.Tensor:
+        targets = mb.input_ids[:, mb.prompt_len:].to(self.device)
+        return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def _values(self, mb: Batch) -> torch.Tensor:
+        """Critic values V(s_t) of the state before each response token."""
+        out = self.critic(input_ids=mb.input_ids.to(self.device),
+                          attention_mask=mb.attention_mask.to(self.device),
+                          position_ids=mb.position_ids.to(self.device))
+        return out.logits[:, mb.prompt_len - 1:-1, 0].float()
 
     def _my_rows(self, batch: Batch) -> Batch:
-        """This rank's contiguous share of a global mini-batch."""
+        """This rank's contiguous share of a global (mini-)batch."""
         per_rank = len(batch) // self.world_size
         return batch.select(slice(self.rank * per_rank, (self.rank + 1) * per_rank))
 
-    def _micro_batches(self, rows: Batch):
+    def _micro_batches(self, rows: Batch) -> list[Batch]:
         size = self.s.micro_batch_size
-        return [rows.select(slice(i, i + size)) for i in range(0, len(rows), size)]
+        return [rows.select(slice(i, i + size)).trimmed() for i in range(0, len(rows), size)]
 
     @torch.no_grad()
-    def _logprobs_of(self, model, batch: Batch) -> torch.Tensor:
-        """Log-probs of the response tokens under `model`, padded to the batch's width."""
-        out = torch.zeros_like(batch.behaviour_logprobs)
-        for i in range(0, len(batch), self.s.micro_batch_size):
-            mb = batch.select(slice(i, i + self.s.micro_batch_size))
-            _, lp, _ = self._forward(model, mb, with_entropy=False)
-            out[i:i + len(mb), :lp.shape[1]] = lp.cpu()
+    def _per_token(self, rows: Batch, what: str) -> dict[str, torch.Tensor]:
+        """[n, R] tensors over `rows`, padded to their width: "logprobs" and
+        "mean_logsoftmax" of the policy, "ref_logprobs" of the reference, "values"."""
+        out: dict[str, torch.Tensor] = {}
+        names = {"policy": ("logprobs", "mean_logsoftmax"), "reference": ("ref_logprobs",),
+                 "values": ("values",)}[what]
+        for name in names:
+            out[name] = torch.zeros_like(rows.behaviour_logprobs)
+        start = 0
+        for mb in self._micro_batches(rows):
+            r = mb.behaviour_logprobs.shape[1]
+            if what == "values":
+                out["values"][start:start + len(mb), :r] = self._values(mb).cpu()
+            else:
+                logits = self._logits(self.model if what == "policy" else self.reference, mb)
+                out[names[0]][start:start + len(mb), :r] = self._token_logprobs(logits, mb).cpu()
+                if what == "policy":
+                    out["mean_logsoftmax"][start:start + len(mb), :r] = mean_log_softmax(logits).cpu()
+            start += len(mb)
         return out
 
-    # --- training steps ------------------------------------------------------------------
+    def annotate(self, batch: Batch, what: list[str]) -> dict[str, torch.Tensor]:
+        """Before advantages are computed: per-token "values" (critic) and/or "ref_logprobs"
+        for the whole batch, each rank doing its share; rank 0 returns them all."""
+        rows = self._my_rows(batch)
+        out = {}
+        for item in what:
+            kind = {"values": "values", "ref_logprobs": "reference"}[item]
+            out[item] = self._gather(self._per_token(rows, kind)[item])
+        return out if self.rank == 0 else {}
+
+    def _gather(self, part: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return part
+        parts = [torch.zeros_like(part) for _ in range(self.world_size)]
+        dist.all_gather(parts, part)
+        return torch.cat(parts)
+
+    # --- RL step -------------------------------------------------------------------------
 
     def train_step(self, batch: Batch) -> dict:
         """One RL step over a rollout batch: `epochs` passes of global mini-batches.
 
-        `batch.extras` must hold `advantages` and `loss_weights` [B, R]; the weights of each
-        mini-batch sum to 1 over the whole mini-batch (all ranks).
+        `batch.extras` holds `advantages` and `loss_weights` [B, R] (each mini-batch's
+        weights summing to its whole loss over all ranks), and `returns`/`value_weights`
+        when a critic is trained.
         """
         M = self.s.mini_batch_size
-        minis = [batch.select(slice(i, i + M)) for i in range(0, len(batch), M)]
-        minis = [self._my_rows(mb) for mb in minis]
-        mismatch = torch.zeros(2)  # sum |learner - sampler| log-prob, tokens
+        minis = [self._my_rows(batch.select(slice(i, i + M))) for i in range(0, len(batch), M)]
+        mismatch = torch.zeros(2)  # sum |learner - sampler| log-prob over sampled tokens, count
         for mb in minis:
-            if self.s.recompute_old_logprobs:
-                old = self._logprobs_of(self.model, mb)
-                real = mb.attention_mask[:, mb.prompt_len:].float()  # every sampled token
-                gap = (old - mb.behaviour_logprobs).abs() * real
-                mismatch += torch.stack([gap.sum(), real.sum()])
-            else:
-                old = mb.behaviour_logprobs
-            mb.extras["old_logprobs"] = old
-            if self.reference is not None:
-                mb.extras["ref_logprobs"] = self._logprobs_of(self.reference, mb)
-        sums = torch.zeros(len(_SUMMED))
+            mismatch += self._prepare_old(mb)
+        sums: dict[str, float] = {}
         grad_norms = []
         for _ in range(self.s.epochs):
             for mb in minis:
-                sums += self._accumulate(mb)
+                for k, v in self._accumulate(mb).items():
+                    sums[k] = sums.get(k, 0.0) + v
                 grad_norms.append(self._optimizer_step())
         self.version += 1
         metrics = self._reduce_metrics(sums, grad_norms)
-        if self.s.recompute_old_logprobs:
-            if self.world_size > 1:
-                dist.all_reduce(mismatch)
+        if self.world_size > 1:
+            dist.all_reduce(mismatch)
+        if mismatch[1] > 0:
             # Same weights, so any gap is the sampler and the learner computing differently.
-            metrics["logprob_mismatch"] = float(mismatch[0] / mismatch[1].clamp(min=1))
+            metrics["logprob_mismatch"] = float(mismatch[0] / mismatch[1])
         return metrics
 
-    def _accumulate(self, rows: Batch) -> torch.Tensor:
+    def _prepare_old(self, mb: Batch) -> torch.Tensor:
+        """pi_old (and what the loss needs of it) for one mini-batch, before any update.
+        Returns (sum |learner - sampler| log-prob over sampled tokens, token count)."""
+        mismatch = torch.zeros(2)
+        old_logprobs = mb.behaviour_logprobs
+        if self.s.recompute_old_logprobs or "mean_logsoftmax" in loss_needs(self.loss_fn):
+            old = self._per_token(mb, "policy")
+            real = mb.attention_mask[:, mb.prompt_len:].float()  # every sampled token
+            gap = (old["logprobs"] - mb.behaviour_logprobs).abs() * real
+            mismatch += torch.stack([gap.sum(), real.sum()])
+            mb.extras["old_mean_logsoftmax"] = old["mean_logsoftmax"]
+            if self.s.recompute_old_logprobs:
+                old_logprobs = old["logprobs"]
+        mb.extras["old_logprobs"] = old_logprobs
+        if self.s.tis_cap and self.s.recompute_old_logprobs:
+            ratio = torch.exp(old_logprobs - mb.behaviour_logprobs)
+            mb.extras["tis_weight"] = ratio.clamp(max=self.s.tis_cap)
+        if self.reference is not None and "ref_logprobs" not in mb.extras:
+            mb.extras["ref_logprobs"] = self._per_token(mb, "reference")["ref_logprobs"]
+        if self.critic is not None and "old_values" not in mb.extras:
+            mb.extras["old_values"] = self._per_token(mb, "values")["values"]
+        return mismatch
+
+    def _accumulate(self, rows: Batch) -> dict[str, float]:
         """Forward/backward every micro-batch of this rank's rows; returns weighted sums."""
-        sums = torch.zeros(len(_SUMMED))
+        sums: dict[str, float] = {}
         micros = self._micro_batches(rows)
+        needs_mls = "mean_logsoftmax" in loss_needs(self.loss_fn)
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
-            mb, logprobs, entropy = self._forward(self.model, mb, with_entropy=True)
-            R = logprobs.shape[1]
-            x = {name: v[:, :R].to(self.device) for name, v in mb.extras.items()}
+            logits = self._logits(self.model, mb)
+            logprobs = self._token_logprobs(logits, mb)
+            entropy = entropy_from_logits(logits)
+            x = {name: v.to(self.device) for name, v in mb.extras.items()}
+            if needs_mls:
+                x["mean_logsoftmax"] = mean_log_softmax(logits)
             w = x["loss_weights"]
-            pg, clipped = clipped_policy_loss(logprobs, x["old_logprobs"], x["advantages"],
-                                              self.s.clip_low, self.s.clip_high)
-            per_token = pg - self.s.entropy_coef * entropy
-            kl = torch.zeros_like(pg)
-            if self.reference is not None:
-                kl = kl_estimate(logprobs, x["ref_logprobs"], self.s.kl_estimator)
-                per_token = per_token + self.s.kl_coef * kl
-            loss = (w * per_token).sum()
+            inputs = LossInputs(logprobs, x["old_logprobs"], x["advantages"], w,
+                                mb.response_mask.to(self.device), x)
+            loss, stats = self.loss_fn(inputs, **self.s.loss_options)
+            stats["entropy"] = (w * entropy).sum()
+            if self.s.entropy_coef:
+                loss = loss - self.s.entropy_coef * stats["entropy"]
+            if self.reference is not None and self.s.kl_coef:
+                stats["kl"] = (w * kl_estimate(logprobs, x["ref_logprobs"], self.s.kl_estimator)).sum()
+                loss = loss + self.s.kl_coef * stats["kl"]
+            if self.critic is not None:
+                stats["value_loss"] = value_loss(self._values(mb), x["old_values"], x["returns"],
+                                                 x["value_weights"], self.s.value_clip)
+                loss = loss + stats["value_loss"]
+            stats["loss"] = loss
             (loss * self.world_size).backward()
-            sums += torch.stack([loss, (w * pg).sum(), (w * kl).sum(), (w * entropy).sum(),
-                                 (w * clipped).sum()]).detach().cpu()
+            for name, v in stats.items():
+                sums[name] = sums.get(name, 0.0) + float(v.detach())
         return sums
 
     def _sync_gradients(self, sync: bool) -> None:
-        if hasattr(self.model, "set_requires_gradient_sync"):
-            self.model.set_requires_gradient_sync(sync)
+        for model in (self.model, self.critic):
+            if model is not None and hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(sync)
 
     def _optimizer_step(self) -> float:
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
+        if self.critic is not None:
+            self._clip_and_step(self.critic, self.critic_optimizer, self.critic_scheduler)
+        return self._clip_and_step(self.model, self.optimizer, self.scheduler)
+
+    def _clip_and_step(self, model, optimizer, scheduler) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.s.max_grad_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _reduce_metrics(self, sums: torch.Tensor, grad_norms: list[float]) -> dict:
+    def _reduce_metrics(self, sums: dict[str, float], grad_norms: list[float]) -> dict:
         """Mean per optimizer step of each weighted sum, over all ranks."""
+        names = sorted(sums)
+        totals = torch.tensor([sums[k] for k in names], dtype=torch.float64)
         if self.world_size > 1:
-            dist.all_reduce(sums)
+            dist.all_reduce(totals)
         steps = max(len(grad_norms), 1)
-        out = {k: v / steps for k, v in zip(_SUMMED, sums.tolist())}
+        out = {k: float(v) / steps for k, v in zip(names, totals)}
         out["grad_norm"] = sum(grad_norms) / steps
         out["lr"] = self.optimizer.param_groups[0]["lr"]
         out["optimizer_steps"] = len(grad_norms)
         return out
+
+    # --- supervised and preference steps --------------------------------------------------
 
     def sft_step(self, batch: Batch) -> dict:
         """One supervised step: minimise sum(loss_weights * -log p(token)) over the batch."""
@@ -222,9 +311,8 @@ class LearnerWorker:
         micros = self._micro_batches(self._my_rows(batch))
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
-            mb, logprobs, _ = self._forward(self.model, mb, with_entropy=False)
-            w = mb.extras["loss_weights"][:, :logprobs.shape[1]].to(self.device)
-            loss = -(w * logprobs).sum()
+            logprobs = self._token_logprobs(self._logits(self.model, mb), mb)
+            loss = -(mb.extras["loss_weights"].to(self.device) * logprobs).sum()
             (loss * self.world_size).backward()
             total += loss.detach().cpu()
         norm = self._optimizer_step()
@@ -232,54 +320,111 @@ class LearnerWorker:
             dist.all_reduce(total)
         return {"sft_loss": float(total), "grad_norm": norm}
 
+    def preference_step(self, batch: Batch) -> dict:
+        """One offline preference step (DPO or SimPO) over pairs: rows 2k, 2k+1 are the
+        chosen and rejected response of pair k. Micro-batch sizes must be even."""
+        sums = torch.zeros(3)  # loss, margin, pairs ranked right
+        micros = self._micro_batches(self._my_rows(batch))
+        pairs = len(batch) // 2
+        for k, mb in enumerate(micros):
+            self._sync_gradients(k == len(micros) - 1)
+            mask = mb.response_mask.to(self.device)
+            seq = (self._token_logprobs(self._logits(self.model, mb), mb) * mask).sum(1)
+            if self.s.preference_loss == "dpo":
+                with torch.no_grad():
+                    ref = (self._token_logprobs(self._logits(self.reference, mb), mb) * mask).sum(1)
+                loss, margin = dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2],
+                                        **self.s.preference_options)
+            else:
+                length = mask.sum(1)
+                loss, margin = simpo_loss(seq[0::2], seq[1::2], length[0::2], length[1::2],
+                                          **self.s.preference_options)
+            total = loss.sum() / pairs
+            (total * self.world_size).backward()
+            sums += torch.stack([total.detach(), margin.detach().sum() / pairs,
+                                 (margin.detach() > 0).float().sum() / pairs]).cpu()
+        norm = self._optimizer_step()
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        loss, margin, right = sums.tolist()
+        return {"loss": loss, "margin": margin, "accuracy": right, "grad_norm": norm}
+
     # --- weights and checkpoints ---------------------------------------------------------
 
-    def full_state_dict(self) -> dict | None:
-        """The whole policy's weights on CPU, on rank 0 (None elsewhere). All ranks must call."""
+    def full_state_dict(self, model=None) -> dict | None:
+        """A model's full weights on CPU, on rank 0 (None elsewhere). All ranks must call."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(self.model, options=StateDictOptions(
+        state = get_model_state_dict(model or self.model, options=StateDictOptions(
             full_state_dict=True, cpu_offload=True))
         return state if self.rank == 0 else None
 
     def save(self, folder: str, tokenizer_path: str) -> None:
-        """Write a HF folder (loadable by from_pretrained) plus optimizer, scheduler and
-        each rank's RNG state (dropout, if the model has any, draws from it)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        model_state = self.full_state_dict()
-        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
+        """Write a HF folder (loadable by from_pretrained) plus optimizer, scheduler and each
+        rank's RNG state (dropout, if the model has any, draws from it); the critic, if
+        any, goes to folder/critic."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), folder / f"rng_rank{self.rank}.pt")
+        self._save_model(self.model, self.optimizer, self.scheduler, folder, tokenizer_path)
+        if self.critic is not None:
+            self._save_model(self.critic, self.critic_optimizer, self.critic_scheduler,
+                             folder / "critic", tokenizer_path)
         if self.rank == 0:
-            self.model.save_pretrained(folder, state_dict=model_state)
-            copy_tokenizer(tokenizer_path, folder)
-            torch.save({"optimizer": optim_state, "scheduler": self.scheduler.state_dict()},
-                       folder / "optimizer.pt")
             (folder / "learner_state.json").write_text(json.dumps({"version": self.version}))
         if self.world_size > 1:
             dist.barrier()
 
+    def _save_model(self, model, optimizer, scheduler, folder: Path, tokenizer_path: str):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        state = self.full_state_dict(model)
+        optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        if self.rank == 0:
+            model.save_pretrained(folder, state_dict=state)
+            copy_tokenizer(tokenizer_path, folder)
+            torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()},
+                       folder / "optimizer.pt")
+
     def load(self, folder: str) -> int:
-        """Restore weights, optimizer and scheduler written by `save`; every rank reads them."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+        """Restore what `save` wrote; every rank reads the files."""
         folder = Path(folder)
-        full = StateDictOptions(full_state_dict=True)
-        # from_pretrained restores tied weights that the safetensors file stores once.
-        set_model_state_dict(self.model, load_policy(folder).state_dict(), options=full)
-        extra = torch.load(folder / "optimizer.pt", weights_only=False)
-        set_optimizer_state_dict(self.model, self.optimizer, extra["optimizer"], options=full)
-        self.scheduler.load_state_dict(extra["scheduler"])
+        self._load_model(self.model, self.optimizer, self.scheduler, folder, load_policy)
+        if self.critic is not None:
+            self._load_model(self.critic, self.critic_optimizer, self.critic_scheduler,
+                             folder / "critic", _load_critic)
         rng = folder / f"rng_rank{self.rank}.pt"
         if rng.exists():  # absent when resuming with more ranks than were saved
             _set_rng_state(torch.load(rng, weights_only=False))
         self.version = json.loads((folder / "learner_state.json").read_text())["version"]
         return self.version
 
+    @staticmethod
+    def _load_model(model, optimizer, scheduler, folder: Path, loader) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+        full = StateDictOptions(full_state_dict=True)
+        # from_pretrained restores tied weights that the safetensors file stores once.
+        set_model_state_dict(model, loader(folder).state_dict(), options=full)
+        extra = torch.load(folder / "optimizer.pt", weights_only=False)
+        set_optimizer_state_dict(model, optimizer, extra["optimizer"], options=full)
+        scheduler.load_state_dict(extra["scheduler"])
+
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _load_critic(path) -> torch.nn.Module:
+    """The policy's architecture with a scalar head per token (initialised fresh when
+    loading a policy folder, restored when loading a saved critic)."""
+    from transformers import AutoModelForTokenClassification
+    import transformers
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "score head newly initialised" is expected
+    try:
+        return AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
+    finally:
+        transformers.logging.set_verbosity(level)
 
 
 def _rng_state() -> dict:
@@ -293,7 +438,3 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-# Loss-weighted sums each micro-batch adds up; reported as means per optimizer step.
-_SUMMED = ("loss", "pg_loss", "kl", "entropy", "clip_fraction")

@@ -5,10 +5,12 @@ relations between fields (batch sizes that must divide, names that must exist).
 """
 from __future__ import annotations
 
+import inspect
+
 from omegaconf import DictConfig, OmegaConf
 
 from core.registry import lookup
-from learners.algorithms import AGGREGATIONS
+from learners.losses import AGGREGATIONS, loss_needs
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,48 @@ def _one_of(cfg: DictConfig, key: str, choices) -> str:
     return value
 
 
+def _check_function(cfg: DictConfig, kind: str, key: str) -> None:
+    """`key` names a registered `kind` function, and `key`_options are all its parameters."""
+    name = _get(cfg, key)
+    try:
+        fn = lookup(kind, name)
+    except KeyError as err:
+        raise ConfigError(f"config {key}={name!r}: {err.args[0]}") from None
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    options = _get(cfg, f"{key}_options") or {}
+    for option, value in options.items():
+        _check(takes_any or option in params, f"{key}_options.{option}", value,
+               f"{name} has no option {option!r}; it takes {[p for p in params if p != 'x']}")
+
+
+def _check_algorithm(cfg: DictConfig, group: int) -> None:
+    a = "algorithm"
+    _check_function(cfg, "advantage", f"{a}.estimator")
+    _check_function(cfg, "loss", f"{a}.loss")
+    _one_of(cfg, f"{a}.loss_aggregation", AGGREGATIONS)
+    _one_of(cfg, f"{a}.kl_estimator", ("k1", "k2", "k3"))
+    _number_in(cfg, f"{a}.kl_coef", 0, float("inf"))
+    _number_in(cfg, f"{a}.kl_in_reward_coef", 0, float("inf"))
+    _int_at_least(cfg, f"{a}.max_sampling_rounds", 1)
+    _check(group >= 2 or cfg.algorithm.estimator not in GROUP_ESTIMATORS,
+           "rollout.responses_per_prompt", group,
+           f"estimator {cfg.algorithm.estimator} compares responses within a group: need >= 2")
+    if cfg.algorithm.tis_cap is not None:
+        _check(cfg.algorithm.recompute_old_logprobs, f"{a}.tis_cap", cfg.algorithm.tis_cap,
+               "needs algorithm.recompute_old_logprobs=true (it weights pi_old / pi_sampler)")
+    if "whole_groups" in loss_needs(lookup("loss", cfg.algorithm.loss)):
+        per_rank = cfg.learner.mini_batch_size // cfg.learner.num_ranks
+        for key, value in (("learner.micro_batch_size", cfg.learner.micro_batch_size),
+                           ("learner.mini_batch_size / learner.num_ranks", per_rank)):
+            _check(value % group == 0, key, value, f"loss {cfg.algorithm.loss} needs whole groups "
+                   f"per micro-batch: a multiple of rollout.responses_per_prompt={group}")
+
+
+GROUP_ESTIMATORS = ("grpo", "rloo", "lite_ppo", "weighted_grpo", "fapo", "grpo_s", "rover",
+                    "capo", "brpo")
+
+
 def validate(cfg: DictConfig) -> None:
     mode = _one_of(cfg, "cluster.mode", ("inline", "local", "ray"))
     _int_at_least(cfg, "steps", 0)
@@ -76,17 +120,7 @@ def validate(cfg: DictConfig) -> None:
     _int_at_least(cfg, "rollout.top_k", 0)
     _one_of(cfg, "rollout.engine", ("hf",))
 
-    _one_of(cfg, "algorithm.loss_aggregation", AGGREGATIONS)
-    _one_of(cfg, "algorithm.kl_estimator", ("k1", "k2", "k3"))
-    _number_in(cfg, "algorithm.clip_low", 0, 1)
-    _number_in(cfg, "algorithm.clip_high", 0, 10)
-    _number_in(cfg, "algorithm.kl_coef", 0, float("inf"))
-    try:
-        lookup("advantage", cfg.algorithm.estimator)
-    except KeyError as err:
-        raise ConfigError(f"config algorithm.estimator={cfg.algorithm.estimator!r}: {err.args[0]}") from None
-    _check(group >= 2 or not cfg.algorithm.norm_by_std, "rollout.responses_per_prompt", group,
-           "group-normalised advantages need at least 2 responses per prompt")
+    _check_algorithm(cfg, group)
 
     sources = _get(cfg, "reward.sources")
     _check(sources is not None and len(sources) > 0, "reward.sources", sources,

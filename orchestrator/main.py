@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
             else:
                 log.info("warm start: reusing %s", policy)
         learner = LearnerGroup(cluster, policy, settings, cfg.learner.num_ranks,
-                               use_reference=cfg.algorithm.kl_coef > 0,
+                               use_reference=uses_reference(cfg),
                                num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
         pipeline = Pipeline(cfg, cluster, policy, learner)
         sink = MetricsSink(run_dir, cfg.logging, cfg.run_name, OmegaConf.to_container(cfg))
@@ -128,10 +128,16 @@ def learner_settings(cfg) -> dict:
     return dict(lr=l.lr, weight_decay=l.weight_decay, warmup_steps=l.warmup_steps,
                 max_grad_norm=l.max_grad_norm, mini_batch_size=l.mini_batch_size,
                 micro_batch_size=l.micro_batch_size, epochs=l.epochs, strategy=l.strategy,
-                threads=l.threads, dtype=cfg.model.dtype, clip_low=a.clip_low,
-                clip_high=a.clip_high, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
-                entropy_coef=a.entropy_coef, recompute_old_logprobs=a.recompute_old_logprobs,
+                threads=l.threads, dtype=cfg.model.dtype, loss=a.loss,
+                loss_options=OmegaConf.to_container(a.loss_options), kl_coef=a.kl_coef,
+                kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
+                recompute_old_logprobs=a.recompute_old_logprobs, tis_cap=a.tis_cap,
+                critic=a.critic.enabled, critic_lr=a.critic.lr, value_clip=a.critic.value_clip,
                 temperature=cfg.rollout.temperature)
+
+
+def uses_reference(cfg) -> bool:
+    return cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward_coef > 0
 
 
 def summarise(cfg, scheduler: Scheduler, run_dir: Path, wall_s: float) -> dict:

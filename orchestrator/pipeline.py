@@ -30,7 +30,8 @@ class Pipeline:
         self.rollouts = [
             cluster.spawn(RolloutWorker, r.engine, policy_path, num_cpus=r.num_cpus,
                           num_gpus=r.num_gpus, max_batch_prompts=r.max_batch_prompts,
-                          threads=r.threads, dtype=cfg.model.dtype)
+                          threads=r.threads, dtype=cfg.model.dtype,
+                          step_delimiter=r.step_delimiter)
             for _ in range(r.num_workers)]
         sources = [dict(s) for s in cfg.reward.sources]
         self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source)
@@ -52,11 +53,13 @@ class Pipeline:
         return [self.rewarders[k % len(self.rewarders)].call("score", f)
                 for k, f in enumerate(sample_futures)]
 
-    def to_buffer(self, scored_futures: list) -> None:
-        self.cluster.get([self.buffer.call("add", f) for f in scored_futures])
+    def to_buffer(self, scored_futures: list, drop_uniform: bool = False) -> None:
+        self.cluster.get([self.buffer.call("add", f, drop_uniform) for f in scored_futures])
 
-    def next_batch(self, num_groups: int, version: int) -> list[Sample] | None:
-        return self.cluster.get(self.buffer.call("next_batch", num_groups, version))
+    def next_batch(self, num_groups: int, version: int,
+                   pad_with_uniform: bool = True) -> list[Sample] | None:
+        return self.cluster.get(self.buffer.call("next_batch", num_groups, version,
+                                                 pad_with_uniform))
 
     def sync_weights(self, version: int) -> None:
         """Publish the learner's current weights to every rollout worker."""

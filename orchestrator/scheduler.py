@@ -9,11 +9,14 @@ import logging
 import time
 import zlib
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from actors.reward import reward_metrics
-from core.records import Sample, SamplingParams
-from learners.prepare import build_train_batch
+from core.records import Batch, Prompt, Sample, SamplingParams
+from core.registry import lookup
+from learners.advantages import needs_values
+from learners.prepare import BatchRecipe, build_train_batch
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.metrics import MetricsSink, PhaseTimer
 from orchestrator.pipeline import Pipeline
@@ -28,6 +31,10 @@ class Scheduler:
         self.pad_id, self.sink, self.checkpoints = pad_id, sink, checkpoints
         self.tokenizer_path = tokenizer_path
         self.source_names = [s.name for s in cfg.reward.sources]
+        self.recipe = batch_recipe(cfg)
+        # what the learner must compute before advantages: critic values, reference log-probs
+        self.annotation_needs = (["values"] if needs_values(lookup("advantage", self.recipe.estimator))
+                                 else []) + (["ref_logprobs"] if self.recipe.kl_in_reward_coef else [])
         self.step = 0
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
 
@@ -58,25 +65,35 @@ class Scheduler:
         return history
 
     def train_step(self, step: int) -> dict:
-        cfg, timer, start = self.cfg, PhaseTimer(), time.perf_counter()
-        with timer("rollout"):
-            futures = self.pipe.generate(self.prompts.next(cfg.data.prompts_per_step),
-                                         self.sampling(step), tag=f"{step}/")
-            self.pipe.wait(futures)
-        with timer("reward"):
-            futures = self.pipe.annotate(futures)
-            self.pipe.wait(futures)
-        with timer("buffer"):
-            self.pipe.to_buffer(futures)
-            samples = self.pipe.next_batch(cfg.data.prompts_per_step, version=step)
+        cfg, algo, timer, start = self.cfg, self.cfg.algorithm, PhaseTimer(), time.perf_counter()
+        samples, rounds = None, 0
+        while samples is None:  # several rounds only with dynamic sampling (DAPO)
+            rounds += 1
+            with timer("rollout"):
+                futures = self.pipe.generate(self.prompts.next(cfg.data.prompts_per_step),
+                                             self.sampling(step, rounds), tag=f"{step}.{rounds}/")
+                self.pipe.wait(futures)
+            with timer("reward"):
+                futures = self.pipe.annotate(futures)
+                self.pipe.wait(futures)
+            with timer("buffer"):
+                self.pipe.to_buffer(futures, drop_uniform=algo.dynamic_sampling)
+                last_round = not algo.dynamic_sampling or rounds >= algo.max_sampling_rounds
+                samples = self.pipe.next_batch(cfg.data.prompts_per_step, version=step,
+                                               pad_with_uniform=last_round)
+            if samples is None and last_round:
+                raise RuntimeError(f"step {step}: the buffer could not fill a batch of "
+                                   f"{cfg.data.prompts_per_step} groups")
+        if algo.greedy_baseline:
+            with timer("baseline"):
+                self.add_greedy_baseline(samples)
+        annotations = {}
+        if self.annotation_needs:
+            with timer("annotate"):
+                plain = self.pipe.cluster.put(Batch.from_samples(samples, self.pad_id))
+                annotations = self.pipe.learner.run("annotate", plain, self.annotation_needs)[0]
         with timer("prepare"):
-            batch = build_train_batch(
-                samples, pad_id=self.pad_id, estimator=cfg.algorithm.estimator,
-                estimator_options={"norm_by_std": cfg.algorithm.norm_by_std},
-                loss_aggregation=cfg.algorithm.loss_aggregation,
-                mini_batch_size=cfg.learner.mini_batch_size,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                exclude_flagged=cfg.reward.exclude_flagged_from_loss)
+            batch, prepared = build_train_batch(samples, self.recipe, self.pad_id, annotations)
             batch_future = self.pipe.cluster.put(batch)
         with timer("train"):
             train = self.pipe.learner.train_step(batch_future)
@@ -85,18 +102,35 @@ class Scheduler:
         total = time.perf_counter() - start
         metrics = {**reward_metrics(samples, self.source_names),
                    **rollout_metrics(samples, learner_version=step),
+                   **{f"advantage/{k}": v for k, v in prepared.items()},
                    **{f"train/{k}": v for k, v in train.items()}}
+        if algo.dynamic_sampling:
+            metrics["rollout/sampling_rounds"] = rounds
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
         metrics["time/step"] = total
         metrics["time/scheduler_overhead"] = total - sum(timer.seconds.values())
         return metrics
 
-    def sampling(self, step: int) -> SamplingParams:
+    def sampling(self, step: int, round_: int = 1) -> SamplingParams:
         r = self.cfg.rollout
-        # A seed per (run seed, step): a resumed run draws exactly the samples it would have.
-        seed = zlib.crc32(f"{self.cfg.seed}/{step}".encode())
+        # A seed per (run seed, step, round): a resumed run draws exactly the same samples.
+        seed = zlib.crc32(f"{self.cfg.seed}/{step}/{round_}".encode())
         return SamplingParams(n=r.responses_per_prompt, temperature=r.temperature, top_p=r.top_p,
                               top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=seed)
+
+    def add_greedy_baseline(self, samples: list[Sample]) -> None:
+        """ReMax: the reward of one greedy response per prompt, in metadata["greedy_reward"]."""
+        first = {s.prompt_id: s for s in reversed(samples)}
+        prompts = [Prompt(s.prompt_id, s.prompt_text, s.answer, s.metadata) for s in first.values()]
+        greedy = {s.prompt_id: s.reward for s in self.greedy_scored(prompts, "greedy/")}
+        for s in samples:
+            s.metadata["greedy_reward"] = greedy[s.prompt_id]
+
+    def greedy_scored(self, prompts: list[Prompt], tag: str) -> list[Sample]:
+        """Greedy responses to `prompts`, scored by the reward sources."""
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
+        futures = self.pipe.annotate(self.pipe.generate(prompts, greedy, tag=tag))
+        return [s for part in self.pipe.cluster.get(futures) for s in part]
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -104,9 +138,7 @@ class Scheduler:
         """Greedy decoding on the held-out prompts, scored by the same reward sources."""
         if not self.eval_prompts:
             return {}
-        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
-        futures = self.pipe.annotate(self.pipe.generate(self.eval_prompts, greedy, tag="eval/"))
-        samples = [s for part in self.pipe.cluster.get(futures) for s in part]
+        samples = self.greedy_scored(self.eval_prompts, "eval/")
         source = self.cfg.eval.accuracy_source
         return {"eval/accuracy": sum(s.rewards[source] for s in samples) / len(samples),
                 "eval/response_len": sum(len(s.response_ids) for s in samples) / len(samples)}
@@ -144,6 +176,16 @@ class Scheduler:
         self.step = state["step"]
         self.evals = {int(k): v for k, v in state["evals"].items()}
         log.info("resumed from %s at step %d", folder, self.step)
+
+
+def batch_recipe(cfg) -> BatchRecipe:
+    a = cfg.algorithm
+    return BatchRecipe(
+        estimator=a.estimator, estimator_options=OmegaConf.to_container(a.estimator_options),
+        loss_aggregation=a.loss_aggregation, mini_batch_size=cfg.learner.mini_batch_size,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        exclude_flagged=cfg.reward.exclude_flagged_from_loss, overlong_filter=a.overlong_filter,
+        kl_in_reward_coef=a.kl_in_reward_coef, kl_estimator=a.kl_estimator)
 
 
 def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from core.records import Sample
 from core.registry import register
-from tasks.toy_arith import check_steps, extract_answer
+from tasks.toy_arith import STEP_END, check_steps, extract_answer
 
 
 @register("reward", "toy_exact")
@@ -19,3 +19,38 @@ def toy_steps(sample: Sample) -> float:
     truth = sample.prompt_text.rstrip("=").split("+")
     columns = max(len(x) for x in truth)
     return sum(verdicts[:columns]) / columns if verdicts else 0.0
+
+
+@register("reward", "toy_step_errors")
+def toy_step_errors(sample: Sample) -> list[float]:
+    """Per step of `sample.steps` (rollout.step_delimiter=";"): 1.0 if the step is wrong.
+
+    The oracle critic for the toy task, standing in for a generative PRM's step critique
+    (CAPO): column steps are checked against the true scratchpad, the final "#answer"
+    segment against the true sum.
+    """
+    verdicts = check_steps(sample.prompt_text, sample.response_text)
+    out, column = [], 0
+    for step in sample.steps or []:
+        if step.endswith(STEP_END):
+            right = column < len(verdicts) and verdicts[column]
+            column += 1
+        else:
+            right = extract_answer(step) == sample.answer
+        out.append(0.0 if right else 1.0)
+    return out
+
+
+@register("reward", "toy_flawed")
+def toy_flawed(sample: Sample) -> float:
+    """1.0 for a flawed positive (FAPO): the right answer reached through a wrong step."""
+    if extract_answer(sample.response_text) != sample.answer:
+        return 0.0
+    return 0.0 if all(check_steps(sample.prompt_text, sample.response_text)) else 1.0
+
+
+@register("reward", "toy_hardness")
+def toy_hardness(sample: Sample) -> float:
+    """Data hardness delta for GRPO-S: 1 - the fraction of scratchpad steps that match the
+    worked solution (the toy stand-in for 1 - similarity to a demonstration)."""
+    return 1.0 - toy_steps(sample)

@@ -50,3 +50,20 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
     state, buffer_state = Checkpoints.read(ck.latest())
     assert state == {"step": 3} and buffer_state == {"queue": []}
     assert isinstance(torch.load(ck.latest() / "buffer.pt"), dict)
+
+
+def _scored_group(gid, rewards):
+    return [Sample(gid, gid, [1], [2], [0.0], 0, reward=r) for r in rewards]
+
+
+def test_dynamic_sampling_drops_uniform_groups_and_pads_only_when_told():
+    # Spec section 11: group accuracies {0, 0.5, 1, 0.25} keep 2 of the 4 groups.
+    buf = ReplayBuffer("fifo")
+    buf.add(_scored_group("a", [0, 0, 0, 0]) + _scored_group("b", [1, 0, 1, 0])
+            + _scored_group("c", [1, 1, 1, 1]) + _scored_group("d", [1, 0, 0, 0]),
+            drop_uniform=True)
+    assert buf.stats()["buffer/dropped_uniform_groups"] == 2
+    assert buf.next_batch(3, 0, pad_with_uniform=False) is None   # sample another round
+    batch = buf.next_batch(3, 0, pad_with_uniform=True)            # last round: pad
+    assert [s.group_id for s in batch][::4] == ["b", "d", "a"]
+    assert buf.stats()["buffer/padded_uniform_groups"] == 1

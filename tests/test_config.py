@@ -19,6 +19,7 @@ def test_default_config_is_valid(tmp_path):
     ("rollout.temperature=0", "rollout.temperature=0"),
     ("learner.num_ranks=2", "learner.num_ranks=2"),                   # inline needs one rank
     ("algorithm.loss_aggregation=mean", "algorithm.loss_aggregation='mean'"),
+    ("+algorithm.estimator_options.norm_by_sd=true", "algorithm.estimator_options.norm_by_sd=True"),
     ("algorithm.estimator=nope", "algorithm.estimator='nope'"),
     ("reward.sources.0.fn=no_such_fn", "reward.sources[0].fn='no_such_fn'"),
     ("eval.accuracy_source=judge", "eval.accuracy_source='judge'"),

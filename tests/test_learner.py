@@ -6,7 +6,7 @@ import torch
 
 from core.models import build_tiny_policy, load_policy, load_tokenizer
 from core.records import Sample
-from learners.prepare import build_sft_batch, build_train_batch
+from learners.prepare import BatchRecipe, build_sft_batch, build_train_batch
 from orchestrator.cluster import Cluster, Ready
 from orchestrator.learner_group import LearnerGroup
 
@@ -32,9 +32,9 @@ def _batch(base, aggregation):
                               response_ids=[rng.randint(3, 60) for _ in range(n)],
                               behaviour_logprobs=[-4.0] * n, policy_version=0,
                               reward=float(rng.random() > 0.5)))
-    return build_train_batch(samples, pad_id=0, estimator="grpo",
-                             estimator_options={"norm_by_std": True},
-                             loss_aggregation=aggregation, mini_batch_size=8, max_new_tokens=9)
+    recipe = BatchRecipe(estimator="grpo", loss_aggregation=aggregation, mini_batch_size=8,
+                         max_new_tokens=9)
+    return build_train_batch(samples, recipe, pad_id=0)[0]
 
 
 def _train(cluster, base, ranks, batch):

@@ -1,0 +1,172 @@
+"""Advantage estimators against the worked examples of shared/methods/ and invariants."""
+import pytest
+import torch
+
+from core.records import Sample
+from learners.advantages import AdvantageInputs, group_stats
+from core.registry import lookup
+
+
+def inputs(rewards, groups=None, lengths=None, sources=None, step_scores=None, step_ends=None,
+           metadata=None, values=None, token_rewards=None):
+    n = len(rewards)
+    groups = groups or [0] * n
+    lengths = lengths or [3] * n
+    R = max(lengths)
+    mask = torch.tensor([[1.0] * L + [0.0] * (R - L) for L in lengths])
+    samples = []
+    for i in range(n):
+        samples.append(Sample(prompt_id=str(groups[i]), group_id=str(groups[i]), prompt_ids=[1],
+                              response_ids=[2] * lengths[i], behaviour_logprobs=[0.0] * lengths[i],
+                              policy_version=0, reward=rewards[i],
+                              rewards={k: v[i] for k, v in (sources or {}).items()},
+                              step_scores={k: v[i] for k, v in (step_scores or {}).items()},
+                              step_ends=step_ends[i] if step_ends else None,
+                              metadata=(metadata[i] if metadata else {})))
+    return AdvantageInputs(torch.tensor(rewards, dtype=torch.float), torch.tensor(groups), mask,
+                           token_rewards if token_rewards is not None else torch.zeros_like(mask),
+                           samples, values)
+
+
+def adv(name, x, **options):
+    return lookup("advantage", name)(x, **options)
+
+
+def first_token(out):
+    return out.advantages[:, 0]
+
+
+def test_grpo_and_dr_grpo_worked_examples():
+    x = inputs([1.0, 0, 0, 0])
+    assert torch.allclose(first_token(adv("grpo", x)), torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5)
+    assert torch.allclose(first_token(adv("grpo", x, norm_by_std=False)),
+                          torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_zero_variance_groups_give_zero_advantage():
+    x = inputs([1.0, 1, 1, 0, 0, 0], groups=[0, 0, 0, 1, 1, 1], sources={"flawed": [0.0] * 6})
+    for name in ("grpo", "rloo", "lite_ppo", "rover", "weighted_grpo", "fapo"):
+        assert torch.equal(adv(name, x).advantages, torch.zeros(6, 3)), name
+
+
+def test_advantages_are_broadcast_to_real_tokens_only():
+    out = adv("grpo", inputs([1.0, 0.0], lengths=[2, 4]))
+    assert out.advantages[0].tolist()[2:] == [0.0, 0.0]
+    assert torch.all(out.advantages[1] != 0)
+
+
+def test_rloo_leaves_one_out():
+    out = first_token(adv("rloo", inputs([1.0, 0, 0, 0])))
+    assert torch.allclose(out, torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
+
+
+def test_lite_ppo_uses_group_mean_and_batch_std():
+    # Spec section 4: groups [1,1,1,0] and [0,0,0,1]; batch std sqrt(2/7) = 0.5345.
+    x = inputs([1.0, 1, 1, 0, 0, 0, 0, 1], groups=[0] * 4 + [1] * 4)
+    out = first_token(adv("lite_ppo", x))
+    expected = torch.tensor([0.4677] * 3 + [-1.4031] + [-0.4677] * 3 + [1.4031])
+    assert torch.allclose(out, expected, atol=1e-4)
+
+
+def test_psr_nsr_and_w_reinforce_worked_example():
+    x = inputs([1.0, 0, 1, 0], groups=[0, 1, 2, 3])
+    assert first_token(adv("psr_nsr", x, mode="w")).tolist() == pytest.approx([0.1, -1, 0.1, -1])
+    assert first_token(adv("psr_nsr", x, mode="nsr")).tolist() == [0, -1, 0, -1]
+    assert first_token(adv("psr_nsr", x, mode="psr")).tolist() == [1, 0, 1, 0]
+
+
+def test_weighted_grpo_three_readings():
+    # Spec section 5: G = 8, q+ with 1/8 successes, q- with 7/8.
+    rewards = [1.0] + [0.0] * 7 + [1.0] * 7 + [0.0]
+    groups = [0] * 8 + [1] * 8
+    pair = [{"pair_id": "p"}] * 16
+    x = inputs(rewards, groups=groups, metadata=pair)
+    z = first_token(adv("weighted_grpo", x, reading="scale_negative", negative_weight=1.0))
+    assert z[0].item() == pytest.approx(7 ** 0.5, abs=1e-4)       # rare success: +2.646
+    assert z[1].item() == pytest.approx(-0.378, abs=1e-3)
+    assert z[15].item() == pytest.approx(-(7 ** 0.5), abs=1e-4)   # rare failure: -2.646
+    # mapping {1, 0} -> {1, -2} leaves per-group z-scores unchanged (before the negative scaling)
+    scaled = first_token(adv("weighted_grpo", x, reading="scale_negative", negative_weight=2.0))
+    assert scaled[0].item() == pytest.approx(7 ** 0.5, abs=1e-4)
+    assert scaled[15].item() == pytest.approx(-2 * 7 ** 0.5, abs=1e-4)
+    pooled = first_token(adv("weighted_grpo", x, reading="pooled", negative_weight=2.0))
+    assert pooled[0].item() == pytest.approx(1.0, abs=1e-4)
+    assert pooled[15].item() == pytest.approx(-1.0, abs=1e-4)
+    centred = first_token(adv("weighted_grpo", x, reading="mean_center", negative_weight=2.0))
+    assert centred[0].item() == pytest.approx(1 - (1 - 14) / 8)
+
+
+def test_fapo_flawed_positive_sign_flips_with_the_group():
+    # Spec section 8 (mean-centred): warm-up 1 sound, 2 flawed, 5 wrong -> A_fp = +0.5;
+    # refinement 5 sound, 2 flawed, 1 wrong -> A_fp = -0.5.
+    correct = [1.0, 1, 1] + [0.0] * 5 + [1.0] * 7 + [0.0]
+    flawed = [0.0, 1, 1] + [0.0] * 5 + [0.0] * 5 + [1.0, 1] + [0.0]
+    x = inputs(correct, groups=[0] * 8 + [1] * 8, sources={"flawed": flawed})
+    out = first_token(adv("fapo", x, norm_by_std=False))
+    assert out[1].item() == pytest.approx(0.5) and out[13].item() == pytest.approx(-0.5)
+
+
+def test_grpo_s_difficulty_scaling():
+    x = inputs([1.0, 0.0], sources={"hardness": [0.2, 0.6]})
+    base = first_token(adv("grpo", x))
+    out = first_token(adv("grpo_s", x))
+    assert (out / base).tolist() == pytest.approx([0.918, 1.078], abs=1e-3)
+
+
+def test_brpo_uses_the_reference_comparison_and_filters_skewed_groups():
+    x = inputs([0.0] * 8, groups=[0] * 4 + [1] * 4,
+               sources={"vs_reference": [1, -1, 0, -1, 1, 1, 0, 1]})
+    out = adv("brpo", x)
+    assert first_token(out)[:4].tolist() == [1, -1, 0, -1]
+    assert out.keep.tolist() == [True] * 4 + [False] * 4   # |3| / 4 = 0.75 > 0.6
+
+
+def test_capo_token_rewards_and_group_normalisation():
+    # Spec section 9: two 2-token responses with token rewards [2, 1] and [0, -1] normalise to
+    # [1.162, 0.387, -0.387, -1.162]. Response 1 is correct with step 2 flagged; response 2 is
+    # wrong with step 2 flagged.
+    x = inputs([1.0, 0.0], lengths=[2, 2], step_scores={"errs": [[0.0, 1.0], [0.0, 1.0]]},
+               step_ends=[[1, 2], [1, 2]])
+    out = adv("capo", x, critique_source="errs").advantages
+    assert out.flatten().tolist() == pytest.approx([1.162, 0.387, -0.387, -1.162], abs=1e-3)
+
+
+def test_remax_subtracts_the_greedy_reward():
+    x = inputs([1.0, 0.0, 1.0], metadata=[{"greedy_reward": 1.0}, {"greedy_reward": 1.0},
+                                          {"greedy_reward": 0.0}])
+    assert first_token(adv("remax", x)).tolist() == [0.0, -1.0, 1.0]
+
+
+def test_reinforce_pp_whitens_returns_over_the_batch():
+    x = inputs([1.0, 0.0, 0.0, 1.0], lengths=[2, 3, 1, 2])
+    out = adv("reinforce_pp", x).advantages
+    real = x.mask.bool()
+    assert out[real].mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out[real].std().item() == pytest.approx(1.0, abs=1e-4)
+    # with KL in the reward the return of a token includes the penalties after it
+    kl = torch.zeros_like(x.mask)
+    kl[0, 0] = -0.5
+    x2 = inputs([1.0, 0.0, 0.0, 1.0], lengths=[2, 3, 1, 2], token_rewards=kl)
+    raw = adv("reinforce_pp", x2).advantages
+    assert raw[0, 0] < raw[0, 1]
+
+
+def test_gae_with_a_perfect_critic_gives_zero_advantage():
+    lengths = [3, 2]
+    rewards = [1.0, 0.0]
+    values = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    x = inputs(rewards, lengths=lengths, values=values)
+    out = adv("gae", x, gamma=1.0, lam=0.95, whiten=False)
+    assert torch.allclose(out.advantages, torch.zeros(2, 3))
+    assert torch.allclose(out.returns, values * x.mask)
+    # zero critic: advantages are lam-discounted rewards-to-go
+    out = adv("gae", inputs(rewards, lengths=lengths, values=torch.zeros(2, 3)), lam=0.5,
+              whiten=False)
+    assert out.advantages[0].tolist() == pytest.approx([0.25, 0.5, 1.0])
+
+
+def test_group_stats_unbiased_and_population():
+    mean, std = group_stats(torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 0, 0, 0]))
+    assert std[0].item() == pytest.approx(0.5)
+    _, pop = group_stats(torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 0, 0, 0]), unbiased=False)
+    assert pop[0].item() == pytest.approx(0.4330, abs=1e-4)
