@@ -4,7 +4,8 @@ A policy loss is `fn(x: LossInputs, **options) -> (loss, stats)`, registered by 
 "loss") and chosen by `algorithm.loss`. `loss` is this micro-batch's share of the
 mini-batch loss: per-token terms are multiplied by `x.weights` (see `aggregation_weights`)
 and summed, so micro-batches and ranks add up to exactly the whole mini-batch's loss.
-`stats` are weighted sums of the same kind, reported per optimizer step.
+`stats` are per-token [b, r] (or per-response [b]) values to monitor; the learner reports
+their mean over the trained tokens, whatever the loss aggregation.
 """
 from __future__ import annotations
 
@@ -110,9 +111,7 @@ def ppo(x: LossInputs, clip_low: float = 0.2, clip_high: float = 0.2,
         clipped = clipped & (guided == 0)
     if "tis_weight" in x.extras:
         loss = loss * x.extras["tis_weight"]
-    w = x.weights
-    return (w * loss).sum(), {"pg_loss": (w * loss).sum(), "clip_fraction": (w * clipped).sum(),
-                              "ratio": (w * ratio).sum()}
+    return (x.weights * loss).sum(), {"clip_fraction": clipped.float(), "ratio": ratio.detach()}
 
 
 @register("loss", "gspo")
@@ -126,9 +125,7 @@ def gspo(x: LossInputs, clip_low: float = 3e-4, clip_high: float = 4e-4):
     loss, clipped = _clipped(ratio, x.advantages, clip_low, clip_high)
     if "tis_weight" in x.extras:
         loss = loss * x.extras["tis_weight"]
-    w = x.weights
-    return (w * loss).sum(), {"pg_loss": (w * loss).sum(), "clip_fraction": (w * clipped).sum(),
-                              "ratio": (w * ratio).sum()}
+    return (x.weights * loss).sum(), {"clip_fraction": clipped.float(), "ratio": ratio.detach()}
 
 
 @register("loss", "rover")
@@ -140,8 +137,7 @@ def rover(x: LossInputs, rho: float = 1.0):
     next_value = torch.cat([diff[:, 1:], torch.zeros_like(diff[:, :1])], 1).detach()
     q = rho * (x.logprobs - x.old_logprobs)
     loss = (q - (x.advantages + next_value)) ** 2
-    w = x.weights
-    return (w * loss).sum(), {"pg_loss": (w * loss).sum(), "q_value": (w * q).sum()}
+    return (x.weights * loss).sum(), {"q_value": q.detach()}
 
 
 rover.needs = {"mean_logsoftmax"}
@@ -180,8 +176,7 @@ def pacs(x: LossInputs, beta: float = 1.0, score: str = "rloo", class_weighting:
         weight = torch.where(mixed, balanced, weight)
     bce = F.binary_cross_entropy_with_logits(psi, labels, reduction="none")
     seq_weight = x.weights.sum(1)
-    loss = (seq_weight * weight * bce).sum()
-    return loss, {"pg_loss": loss, "score": (seq_weight * psi).sum()}
+    return (seq_weight * weight * bce).sum(), {"score": psi.detach()}
 
 
 pacs.needs = {"whole_groups"}

@@ -28,6 +28,8 @@ class BatchRecipe:
     overlong_filter: bool = False     # no gradient from truncated responses (DAPO)
     kl_in_reward_coef: float = 0.0    # per-token reward -coef * KL(pi_old || pi_ref)
     kl_estimator: str = "k1"
+    step_rewards: dict = field(default_factory=dict)  # step source -> weight of its step
+                                      # scores, given as rewards on each step's last token
 
 
 def group_index(samples: list[Sample]) -> torch.Tensor:
@@ -56,6 +58,8 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
                          recipe.kl_estimator) * sampled
         token_rewards -= recipe.kl_in_reward_coef * kl
         metrics["kl_in_reward"] = float(kl.sum() / sampled.sum())
+    for source, weight in recipe.step_rewards.items():
+        token_rewards += weight * step_end_rewards(samples, source, sampled.shape[1])
     inputs = AdvantageInputs(torch.tensor([float(s.reward) for s in samples]),
                              group_index(samples), sampled, token_rewards, samples,
                              annotations.get("values"))
@@ -64,28 +68,42 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
     if out.keep is not None:
         mask *= out.keep[:, None].float()
         metrics["kept_fraction"] = float(out.keep.float().mean())
-    weights = torch.zeros_like(mask)
-    for start in range(0, len(samples), recipe.mini_batch_size):
-        rows = slice(start, start + recipe.mini_batch_size)
-        weights[rows] = aggregation_weights(mask[rows], recipe.loss_aggregation,
-                                            recipe.max_new_tokens)
+    weights = per_mini_batch(mask, recipe, recipe.loss_aggregation)
+    token_weights = per_mini_batch(mask, recipe, "token-mean")  # for monitored means
     advantages = out.advantages * mask
-    batch.extras.update(advantages=advantages, loss_weights=weights, seq_rewards=inputs.rewards,
-                        group=inputs.group.float())
+    batch.extras.update(advantages=advantages, loss_weights=weights, token_weights=token_weights,
+                        seq_rewards=inputs.rewards, group=inputs.group.float())
     if "ref_logprobs" in annotations:
         batch.extras["ref_logprobs"] = annotations["ref_logprobs"]
     if out.returns is not None:
-        value_weights = torch.zeros_like(mask)
-        for start in range(0, len(samples), recipe.mini_batch_size):
-            rows = slice(start, start + recipe.mini_batch_size)
-            value_weights[rows] = aggregation_weights(mask[rows], "token-mean")
         batch.extras.update(returns=out.returns, old_values=annotations["values"],
-                            value_weights=value_weights)
+                            value_weights=token_weights)
     trained = mask.sum().clamp(min=1)
     metrics["advantage_mean"] = float(advantages.sum() / trained)
     metrics["advantage_abs_mean"] = float(advantages.abs().sum() / trained)
     metrics["trained_token_fraction"] = float(mask.sum() / sampled.sum().clamp(min=1))
     return batch, metrics
+
+
+def per_mini_batch(mask: torch.Tensor, recipe: BatchRecipe, mode: str) -> torch.Tensor:
+    """Aggregation weights computed separately for each global mini-batch of rows."""
+    weights = torch.zeros_like(mask)
+    for start in range(0, len(mask), recipe.mini_batch_size):
+        rows = slice(start, start + recipe.mini_batch_size)
+        weights[rows] = aggregation_weights(mask[rows], mode, recipe.max_new_tokens)
+    return weights
+
+
+def step_end_rewards(samples: list[Sample], source: str, width: int) -> torch.Tensor:
+    """[B, width]: each step's score from step source `source` on the step's last token."""
+    out = torch.zeros(len(samples), width)
+    for i, s in enumerate(samples):
+        if source not in s.step_scores:
+            raise KeyError(f"algorithm.step_rewards names {source!r}, but sample has no step "
+                           "scores from it (a granularity: step reward source)")
+        for end, score in zip(s.step_ends, s.step_scores[source]):
+            out[i, min(end, width) - 1] += score
+    return out
 
 
 def build_sft_batch(prompt_ids: list[list[int]], target_ids: list[list[int]], pad_id: int) -> Batch:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from core.registry import lookup
 from learners.losses import (LossInputs, entropy_from_logits, kl_estimate, loss_needs,
                              mean_log_softmax, value_loss)
 from learners.preference import dpo_loss, simpo_loss
+
+# HF heads return a slice of their output; nothing here modifies it in place.
+warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
 @dataclass
@@ -251,16 +255,20 @@ class LearnerWorker:
             x = {name: v.to(self.device) for name, v in mb.extras.items()}
             if needs_mls:
                 x["mean_logsoftmax"] = mean_log_softmax(logits)
-            w = x["loss_weights"]
+            w, tw = x["loss_weights"], x["token_weights"]
             inputs = LossInputs(logprobs, x["old_logprobs"], x["advantages"], w,
                                 mb.response_mask.to(self.device), x)
-            loss, stats = self.loss_fn(inputs, **self.s.loss_options)
-            stats["entropy"] = (w * entropy).sum()
+            loss, per_token = self.loss_fn(inputs, **self.s.loss_options)
+            # monitored values: means over trained tokens, whatever the loss aggregation
+            stats = {"policy_loss": loss, "entropy": (tw * entropy).sum()}
+            for name, v in per_token.items():
+                stats[name] = (tw * (v[:, None] if v.dim() == 1 else v)).sum()
             if self.s.entropy_coef:
-                loss = loss - self.s.entropy_coef * stats["entropy"]
+                loss = loss - self.s.entropy_coef * (w * entropy).sum()
             if self.reference is not None and self.s.kl_coef:
-                stats["kl"] = (w * kl_estimate(logprobs, x["ref_logprobs"], self.s.kl_estimator)).sum()
-                loss = loss + self.s.kl_coef * stats["kl"]
+                kl = kl_estimate(logprobs, x["ref_logprobs"], self.s.kl_estimator)
+                stats["kl"] = (tw * kl).sum()
+                loss = loss + self.s.kl_coef * (w * kl).sum()
             if self.critic is not None:
                 stats["value_loss"] = value_loss(self._values(mb), x["old_values"], x["returns"],
                                                  x["value_weights"], self.s.value_clip)
@@ -320,16 +328,18 @@ class LearnerWorker:
             dist.all_reduce(total)
         return {"sft_loss": float(total), "grad_norm": norm}
 
-    def preference_step(self, batch: Batch) -> dict:
+    def preference_step(self, batch: Batch, train: bool = True) -> dict:
         """One offline preference step (DPO or SimPO) over pairs: rows 2k, 2k+1 are the
-        chosen and rejected response of pair k. Micro-batch sizes must be even."""
-        sums = torch.zeros(3)  # loss, margin, pairs ranked right
+        chosen and rejected response of pair k. Micro-batch sizes must be even.
+        With `train=False` it only measures (loss, margin, accuracy) on the pairs."""
+        sums = torch.zeros(4)  # loss, margin, margin > 0, chosen likelier per token
         micros = self._micro_batches(self._my_rows(batch))
         pairs = len(batch) // 2
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
             mask = mb.response_mask.to(self.device)
-            seq = (self._token_logprobs(self._logits(self.model, mb), mb) * mask).sum(1)
+            with torch.set_grad_enabled(train):
+                seq = (self._token_logprobs(self._logits(self.model, mb), mb) * mask).sum(1)
             if self.s.preference_loss == "dpo":
                 with torch.no_grad():
                     ref = (self._token_logprobs(self._logits(self.reference, mb), mb) * mask).sum(1)
@@ -340,14 +350,20 @@ class LearnerWorker:
                 loss, margin = simpo_loss(seq[0::2], seq[1::2], length[0::2], length[1::2],
                                           **self.s.preference_options)
             total = loss.sum() / pairs
-            (total * self.world_size).backward()
+            if train:
+                (total * self.world_size).backward()
+            per_token = seq.detach() / mask.sum(1)
             sums += torch.stack([total.detach(), margin.detach().sum() / pairs,
-                                 (margin.detach() > 0).float().sum() / pairs]).cpu()
-        norm = self._optimizer_step()
+                                 (margin.detach() > 0).float().sum() / pairs,
+                                 (per_token[0::2] > per_token[1::2]).float().sum() / pairs]).cpu()
+        norm = self._optimizer_step() if train else 0.0
         if self.world_size > 1:
             dist.all_reduce(sums)
-        loss, margin, right = sums.tolist()
-        return {"loss": loss, "margin": margin, "accuracy": right, "grad_norm": norm}
+        loss, margin, right, likelier = sums.tolist()
+        # accuracy: implicit reward margin > 0; likelihood_accuracy: the policy gives the
+        # chosen response the higher mean log-prob per token (meaningful before training too)
+        return {"loss": loss, "margin": margin, "accuracy": right,
+                "likelihood_accuracy": likelier, "grad_norm": norm}
 
     # --- weights and checkpoints ---------------------------------------------------------
 
@@ -415,16 +431,21 @@ class LearnerWorker:
 
 
 def _load_critic(path) -> torch.nn.Module:
-    """The policy's architecture with a scalar head per token (initialised fresh when
-    loading a policy folder, restored when loading a saved critic)."""
+    """The policy's architecture with a scalar head per token: restored from a saved critic,
+    or, from a policy folder, a zero head (V = 0 at first, the same on every rank)."""
     from transformers import AutoModelForTokenClassification
     import transformers
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "score head newly initialised" is expected
     try:
-        return AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
+        critic = AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
     finally:
         transformers.logging.set_verbosity(level)
+    if critic.config.architectures and "TokenClassification" not in critic.config.architectures[0]:
+        with torch.no_grad():
+            for param in critic.score.parameters():
+                param.zero_()
+    return critic
 
 
 def _rng_state() -> dict:

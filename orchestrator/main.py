@@ -123,12 +123,18 @@ def datasets(cfg, tokenizer):
     return train, with_solution, eval_rows
 
 
-def learner_settings(cfg) -> dict:
-    a, l = cfg.algorithm, cfg.learner
+def learner_settings_common(cfg) -> dict:
+    """Learner settings that do not depend on the RL algorithm (conf/learner, model)."""
+    l = cfg.learner
     return dict(lr=l.lr, weight_decay=l.weight_decay, warmup_steps=l.warmup_steps,
                 max_grad_norm=l.max_grad_norm, mini_batch_size=l.mini_batch_size,
                 micro_batch_size=l.micro_batch_size, epochs=l.epochs, strategy=l.strategy,
-                threads=l.threads, dtype=cfg.model.dtype, loss=a.loss,
+                threads=l.threads, dtype=cfg.model.dtype)
+
+
+def learner_settings(cfg) -> dict:
+    a = cfg.algorithm
+    return dict(**learner_settings_common(cfg), loss=a.loss,
                 loss_options=OmegaConf.to_container(a.loss_options), kl_coef=a.kl_coef,
                 kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
                 recompute_old_logprobs=a.recompute_old_logprobs, tis_cap=a.tis_cap,

@@ -32,9 +32,7 @@ class Scheduler:
         self.tokenizer_path = tokenizer_path
         self.source_names = [s.name for s in cfg.reward.sources]
         self.recipe = batch_recipe(cfg)
-        # what the learner must compute before advantages: critic values, reference log-probs
-        self.annotation_needs = (["values"] if needs_values(lookup("advantage", self.recipe.estimator))
-                                 else []) + (["ref_logprobs"] if self.recipe.kl_in_reward_coef else [])
+        self.annotation_needs = self.annotation_needs_of(self.recipe)
         self.step = 0
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
 
@@ -111,6 +109,12 @@ class Scheduler:
         metrics["time/scheduler_overhead"] = total - sum(timer.seconds.values())
         return metrics
 
+    @staticmethod
+    def annotation_needs_of(recipe: BatchRecipe) -> list[str]:
+        """What the learner must compute before advantages: critic values, reference log-probs."""
+        return ((["values"] if needs_values(lookup("advantage", recipe.estimator)) else [])
+                + (["ref_logprobs"] if recipe.kl_in_reward_coef else []))
+
     def sampling(self, step: int, round_: int = 1) -> SamplingParams:
         r = self.cfg.rollout
         # A seed per (run seed, step, round): a resumed run draws exactly the same samples.
@@ -185,7 +189,8 @@ def batch_recipe(cfg) -> BatchRecipe:
         loss_aggregation=a.loss_aggregation, mini_batch_size=cfg.learner.mini_batch_size,
         max_new_tokens=cfg.rollout.max_new_tokens,
         exclude_flagged=cfg.reward.exclude_flagged_from_loss, overlong_filter=a.overlong_filter,
-        kl_in_reward_coef=a.kl_in_reward_coef, kl_estimator=a.kl_estimator)
+        kl_in_reward_coef=a.kl_in_reward_coef, kl_estimator=a.kl_estimator,
+        step_rewards=OmegaConf.to_container(a.step_rewards))
 
 
 def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:

@@ -80,3 +80,13 @@ def check_steps(prompt: str, response: str) -> list[bool]:
     if written and written[-1] == "":
         written = written[:-1]
     return [k < len(truth) and step == truth[k] for k, step in enumerate(written)]
+
+
+def corrupt(solution: str, rng: random.Random) -> str:
+    """A wrong version of a worked solution: one digit of a column sum or of the answer
+    changed (a rejected response for preference pairs)."""
+    positions = [i for i, c in enumerate(solution) if c.isdigit()
+                 and (solution[i - 1] in "=#" or solution[i - 1].isdigit()) and "=" in solution[:i]]
+    i = rng.choice(positions)
+    digit = str((int(solution[i]) + rng.randint(1, 9)) % 10)
+    return solution[:i] + digit + solution[i + 1:]

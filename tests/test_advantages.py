@@ -170,3 +170,10 @@ def test_group_stats_unbiased_and_population():
     assert std[0].item() == pytest.approx(0.5)
     _, pop = group_stats(torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 0, 0, 0]), unbiased=False)
     assert pop[0].item() == pytest.approx(0.4330, abs=1e-4)
+
+
+def test_step_scores_become_rewards_on_each_step_end():
+    from learners.prepare import step_end_rewards
+    s = Sample("p", "g", [1], [2] * 5, [0.0] * 5, 0, step_ends=[2, 5],
+               step_scores={"prm": [0.5, 1.0]})
+    assert step_end_rewards([s], "prm", 6).tolist() == [[0, 0.5, 0, 0, 1.0, 0]]

@@ -26,9 +26,12 @@ def test_default_config_is_valid(tmp_path):
     ("data.source=file", "data.file.train_path=None"),
     ("steps=-1", "steps=-1"),
     ("rollout.max_new_tokens=500", "model.tiny.max_position_embeddings=256"),
+    ("algorithm=pacs learner.micro_batch_size=6", "learner.micro_batch_size=6"),
+    ("algorithm.tis_cap=2.0 algorithm.recompute_old_logprobs=false", "algorithm.tis_cap=2.0"),
+    ("algorithm.loss=gspo", "algorithm.loss_options.dual_clip=None"),
 ])
 def test_bad_values_name_the_field(tmp_path, override, field):
-    cfg = compose(tmp_path, "cluster=inline", override)
+    cfg = compose(tmp_path, "cluster=inline", *override.split())
     with pytest.raises(ConfigError, match=re.escape(f"config {field}")) as err:
         validate(cfg)
     assert ":" in str(err.value)  # followed by what is wrong

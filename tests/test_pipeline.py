@@ -41,10 +41,16 @@ def test_inline_run_survives_raising_and_hanging_rewards(tmp_path):
     assert load_tokenizer(policy).decode(load_tokenizer(policy)("1+2=")["input_ids"]) == "1+2="
 
 
-def test_local_ray_run_with_two_learner_ranks(tmp_path):
+def test_local_ray_run_with_two_learner_ranks_and_user_code(tmp_path):
+    # The estimator runs on the driver, the loss inside each learner actor: both are the
+    # user's own functions, named by dotted path only.
     cfg = compose(tmp_path, "cluster=local", "learner.num_ranks=2", "rollout.num_workers=2",
                   "reward.num_workers=2", "logging.plot=true", "logging.tensorboard=true",
-                  "logging.wandb_mode=offline", "warm_start.steps=2")
+                  "logging.wandb_mode=offline", "warm_start.steps=2",
+                  "algorithm.estimator=tests.custom_algorithms.centred_twice",
+                  "~algorithm.estimator_options", "+algorithm.estimator_options={scale: 3.0}",
+                  "algorithm.loss=tests.custom_algorithms.plain_pg", "~algorithm.loss_options",
+                  "+algorithm.loss_options={}")
     summary = run(cfg)
     run_dir = tmp_path / "outputs" / "toy_arith" / "grpo-seed0"
     assert summary["steps"] == 2
