@@ -38,11 +38,10 @@ class Scheduler:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def run(self) -> list[dict]:
+    def run(self) -> None:
         cfg = self.cfg
         if self.step == 0 and 0 not in self.evals:
             self.log_eval(0)
-        history = []
         bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps,
                    desc="RL", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
         for step in bar:
@@ -56,11 +55,9 @@ class Scheduler:
                 self.save()
                 metrics["time/checkpoint"] = time.perf_counter() - saving
             self.sink.log(self.step, metrics)
-            history.append(metrics)
             bar.set_postfix(reward=f"{metrics['reward/combined']:.3f}",
                             acc=f"{self.latest_accuracy():.3f}",
                             step_s=f"{metrics['time/step']:.2f}")
-        return history
 
     def train_step(self, step: int) -> dict:
         cfg, algo, timer, start = self.cfg, self.cfg.algorithm, PhaseTimer(), time.perf_counter()

@@ -177,3 +177,16 @@ def test_step_scores_become_rewards_on_each_step_end():
     s = Sample("p", "g", [1], [2] * 5, [0.0] * 5, 0, step_ends=[2, 5],
                step_scores={"prm": [0.5, 1.0]})
     assert step_end_rewards([s], "prm", 6).tolist() == [[0, 0.5, 0, 0, 1.0, 0]]
+
+
+def test_overlong_filter_and_flags_mask_the_loss_but_keep_group_statistics():
+    from learners.prepare import BatchRecipe, build_train_batch
+    x = inputs([1.0, 0.0, 0.0, 0.0])
+    samples = x.samples
+    samples[1].truncated = True
+    samples[2].flags = {"judge": "timeout"}
+    batch, _ = build_train_batch(samples, BatchRecipe(mini_batch_size=4, overlong_filter=True), 0)
+    assert batch.response_mask.sum(1).tolist() == [3, 0, 0, 3]
+    # the group baseline still counts all four rewards: A = 1.5 / -0.5 as without masking
+    assert batch.extras["advantages"][:, 0].tolist() == pytest.approx([1.5, 0, 0, -0.5], abs=1e-5)
+    assert batch.extras["loss_weights"].sum().item() == pytest.approx(1.0)

@@ -132,3 +132,10 @@ def test_simpo_and_dpo_worked_examples():
                             torch.tensor([-11.0]), beta=0.1)
     assert margin.item() == pytest.approx(0.2)   # 0.1 * ((-10 + 11) - (-12 + 11))
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))), abs=1e-5)
+
+
+def test_truncated_importance_weights_scale_each_token():
+    x = loss_inputs([[0.0, 0.0]], [[0.0, 0.0]], [[1.0, 1.0]], weights=torch.ones(1, 2),
+                    tis_weight=torch.tensor([[2.0, 0.5]]))
+    loss, _ = lookup("loss", "ppo")(x)
+    assert loss.item() == pytest.approx(-2.5)
