@@ -13,7 +13,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {}
 
 # Modules whose import fills each kind's registry with the built-in entries.
 _BUILTIN_MODULES = {
-    "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise"],
+    "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise", "rewards.code"],
     "advantage": ["learners.advantages"],
     "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],
