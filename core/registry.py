@@ -13,7 +13,8 @@ _REGISTRY: dict[str, dict[str, Any]] = {}
 
 # Modules whose import fills each kind's registry with the built-in entries.
 _BUILTIN_MODULES = {
-    "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise", "rewards.code"],
+    "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise", "rewards.code",
+               "rewards.verifiers"],
     "advantage": ["learners.advantages"],
     "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],
