@@ -5,8 +5,9 @@ Each source is a callable found by name (core.registry, kind "reward") or dotted
   scope "group":  fn(samples_of_one_group, **kwargs) -> list of scores, one per sample
 A score is a number, or, for a source with granularity "step", a list with one number per
 step of `sample.steps`. Every source's score is kept in `sample.rewards[name]` (a step
-source's steps in `sample.step_scores[name]`, their `step_reduce` in `sample.rewards[name]`);
-the combined reward is the weighted sum of `sample.rewards`. A call that raises, returns a non-finite number, or runs past its timeout does not stop
+source's steps in `sample.step_scores[name]`, their `step_reduce` in `sample.rewards[name]`).
+The combined reward is `reward.combine(sample, sources)`, by default the weighted sum of the
+sources whose gate is open (a gate makes a source count only when another one passes). A call that raises, returns a non-finite number, or runs past its timeout does not stop
 the run: each affected sample gets the source's `failure_value`, a flag saying why, and is
 counted in the step's metrics.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from core.records import Sample, groups_of
-from core.registry import lookup
+from core.registry import lookup, register
 
 log = logging.getLogger("rewardmill.reward")
 
@@ -36,7 +37,19 @@ class RewardSource:
     failure_value: float = 0.0      # score given when the call fails or times out
     granularity: str = "response"   # "response": one number; "step": one per sample.steps
     step_reduce: str = "mean"       # step source's scalar: mean | min | sum | last of its steps
+    gate: dict | None = None        # {source: name, min: x}: counts only when that source >= x
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def contribution(self, sample: Sample) -> float:
+        if self.gate and sample.rewards[self.gate["source"]] < self.gate.get("min", 1.0):
+            return 0.0
+        return self.weight * sample.rewards[self.name]
+
+
+@register("combine", "weighted_sum")
+def weighted_sum(sample: Sample, sources: list[RewardSource]) -> float:
+    """sum_k weight_k * score_k over the sources whose gate (if any) is open."""
+    return sum(src.contribution(sample) for src in sources)
 
 
 STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v: min(v, default=0.0),
@@ -44,7 +57,8 @@ STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v:
 
 
 class RewardWorker:
-    def __init__(self, sources: list[dict], threads_per_source: int = 4):
+    def __init__(self, sources: list[dict], threads_per_source: int = 4,
+                 combine: str = "weighted_sum"):
         if not sources:
             raise ValueError("reward.sources is empty: list at least one reward source")
         self.sources = [RewardSource(**s) for s in sources]
@@ -55,7 +69,13 @@ class RewardWorker:
             if s.granularity not in ("response", "step") or s.step_reduce not in STEP_REDUCE:
                 raise ValueError(f"reward source {s.name!r}: granularity must be response|step "
                                  f"and step_reduce one of {sorted(STEP_REDUCE)}")
+        names = [s.name for s in self.sources]
+        for s in self.sources:
+            if s.gate and s.gate.get("source") not in names:
+                raise ValueError(f"reward source {s.name!r}: gate source {s.gate.get('source')!r} "
+                                 f"is not one of {names}")
         self.functions: dict[str, Callable] = {s.name: lookup("reward", s.fn) for s in self.sources}
+        self.combine = lookup("combine", combine)
         self.threads = threads_per_source
         self.pools = {s.name: self._new_pool() for s in self.sources}
 
@@ -66,7 +86,7 @@ class RewardWorker:
         for source in self.sources:
             self._run_source(source, samples)
         for s in samples:
-            s.reward = sum(src.weight * s.rewards[src.name] for src in self.sources)
+            s.reward = float(self.combine(s, self.sources))
         return samples
 
     def _run_source(self, source: RewardSource, samples: list[Sample]) -> None:

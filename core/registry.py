@@ -18,6 +18,7 @@ _BUILTIN_MODULES = {
     "advantage": ["learners.advantages"],
     "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],
+    "combine": ["actors.reward"],
 }
 
 

@@ -143,6 +143,14 @@ def validate(cfg: DictConfig) -> None:
                src.get("scope"), "choose 'sample' or 'group'")
     _check(cfg.eval.accuracy_source in names, "eval.accuracy_source", cfg.eval.accuracy_source,
            f"must name a reward source: one of {names}")
+    for i, src in enumerate(sources):
+        gate = src.get("gate")
+        _check(not gate or gate.get("source") in names, f"reward.sources[{i}].gate.source",
+               gate and gate.get("source"), f"must name a reward source: one of {names}")
+    try:
+        lookup("combine", cfg.reward.combine)
+    except KeyError as err:
+        raise ConfigError(f"config reward.combine={cfg.reward.combine!r}: {err.args[0]}") from None
     _int_at_least(cfg, "reward.num_workers", 1)
 
     source = _one_of(cfg, "data.source", ("toy", "file"))

@@ -34,7 +34,8 @@ class Pipeline:
                           step_delimiter=r.step_delimiter)
             for _ in range(r.num_workers)]
         sources = [dict(s) for s in cfg.reward.sources]
-        self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source)
+        self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source,
+                                        cfg.reward.combine)
                           for _ in range(cfg.reward.num_workers)]
         self.buffer = cluster.spawn(ReplayBuffer, cfg.buffer.strategy, cfg.buffer.max_staleness)
 

@@ -25,3 +25,11 @@ def group_rank(samples):
     for r, i in enumerate(order):
         ranks[i] = float(r)
     return ranks
+
+
+def product(sample, sources):
+    """A combination: the product of all sources' scores."""
+    out = 1.0
+    for src in sources:
+        out *= sample.rewards[src.name]
+    return out

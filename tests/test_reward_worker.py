@@ -1,6 +1,8 @@
 """A reward function that raises, hangs or returns garbage flags samples; the run goes on."""
 import time
 
+import pytest
+
 from actors.reward import RewardWorker, reward_metrics
 from core.records import Sample
 
@@ -60,3 +62,20 @@ def test_hanging_source_times_out_and_the_worker_keeps_serving():
 def test_non_finite_score_is_flagged():
     out = RewardWorker([{"name": "nan", "fn": "tests.reward_fns.not_a_number"}]).score(_samples(2))
     assert all("expected finite numbers" in s.flags["nan"] for s in out)
+
+
+def test_gates_and_custom_combination():
+    worker = RewardWorker([
+        {"name": "correct", "fn": "toy_exact"},
+        {"name": "length", "fn": "tests.reward_fns.length_bonus", "weight": 1.0,
+         "gate": {"source": "correct", "min": 1.0}},
+    ])
+    right, wrong = _samples(2)
+    wrong.response_text = "1+1=3;#3"
+    out = worker.score([right, wrong])
+    assert out[0].reward == pytest.approx(1.1) and out[1].reward == 0.0   # gate closed
+    assert out[1].rewards["length"] == pytest.approx(0.2)                  # still logged
+    product = RewardWorker([{"name": "correct", "fn": "toy_exact"},
+                            {"name": "length", "fn": "tests.reward_fns.length_bonus"}],
+                           combine="tests.reward_fns.product")
+    assert product.score(_samples(2))[1].reward == pytest.approx(0.2)
