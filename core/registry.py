@@ -14,7 +14,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {}
 # Modules whose import fills each kind's registry with the built-in entries.
 _BUILTIN_MODULES = {
     "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise", "rewards.code",
-               "rewards.verifiers"],
+               "rewards.verifiers", "rewards.judges"],
     "advantage": ["learners.advantages"],
     "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],

@@ -1,0 +1,122 @@
+"""Judge methods: the parsing and aggregation rules against the worked examples of
+shared/methods/rewards.md, and each method against a real judge served over HTTP."""
+import math
+
+import pytest
+
+from rewards.judges import (JudgeOutputError, brpo_rewards, first_error_to_steps, grm_vote,
+                            parse_grm_scores, parse_self_score, parse_step_set, rubric_score,
+                            two_token_probability, vote_steps, yes_no_margin)
+
+
+def test_grm_voting_worked_example():
+    # Two responses over k = 3 samples: (7,5), (8,8), (6,4) -> S* = (21, 17).
+    samples = [parse_grm_scores(f"Scores: \\boxed{{{a}, {b}}}", 2) for a, b in [(7, 5), (8, 8), (6, 4)]]
+    assert grm_vote(samples) == [21, 17]
+    assert parse_grm_scores("Scores: \\boxed{11}", 1) is None      # out of range
+    assert parse_grm_scores("no box here", 1) is None
+    with pytest.raises(JudgeOutputError):
+        grm_vote([None, None])
+
+
+def test_brpo_worked_example():
+    # G = 4, ref = o_3: o_1 wins both orders, o_2 one order only, o_4 loses both.
+    assert brpo_rewards(2, [True, False, None, False]) == [1.0, -1.0, 0.0, -1.0]
+
+
+def test_rlbff_and_soft_verifier_worked_examples():
+    # Logits Yes = 2.0, No = -1.0 -> r = 3.0 (log-softmax keeps differences).
+    z = math.log(math.exp(2) + math.exp(-1) + 1)
+    assert yes_no_margin({"Yes": 2 - z, " No": -1 - z, "Maybe": -z}) == pytest.approx(3.0)
+    # Logits '1' = 2.0, '0' = 0.0 -> p = 0.881.
+    assert two_token_probability({"1": 2.0 - 5, "0": 0.0 - 5}) == pytest.approx(0.881, abs=1e-3)
+    with pytest.raises(JudgeOutputError):
+        yes_no_margin({"Maybe": -0.1})
+
+
+def test_rubric_worked_example():
+    assert rubric_score([2, 1, 1], [1.0, 0.5, 0.0]) == pytest.approx(0.625)
+    assert rubric_score([2, 1, 1], [0.0, 0.5, 1.0], veto=[True, False, False]) == 0.0
+    assert rubric_score([1], [0.5], saturation=2.0) == pytest.approx((1 - math.exp(-1)) / (1 - math.exp(-2)))
+    assert rubric_score([1, 1], [1.0, 0.0], shaping=2.0) == pytest.approx(0.25)
+
+
+def test_self_score_parse():
+    assert parse_self_score("thinking... Score: 85") == pytest.approx(0.85)
+    with pytest.raises(JudgeOutputError):
+        parse_self_score("I would rate it highly")
+
+
+def test_capo_voting_worked_example():
+    # k = 4 critiques on a 3-step response flag {2}, {2,3}, {2}, {}.
+    critiques = [parse_step_set(t, 3) for t in ("\\boxed{2}", "\\boxed{2, 3}", "\\boxed{2}", "\\boxed{}")]
+    assert critiques == [{2}, {2, 3}, {2}, set()]
+    assert vote_steps(critiques, "majority") == {2}
+    assert vote_steps(critiques, "intersection") == set()
+    assert vote_steps(critiques, "union") == {2, 3}
+
+
+def test_first_error_steps():
+    assert first_error_to_steps(3, 5) == [1, 1, 0, 0, 0]
+    assert first_error_to_steps(-1, 3) == [1, 1, 1]
+    assert first_error_to_steps(None, 2) == [1, 1]     # unparsed: not flawed (FAPO)
+
+
+# --- end to end: judges served by scripts/serve.py over real HTTP ---------------------------
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from orchestrator.main import run  # noqa: E402
+from tests.conftest import REPO, compose  # noqa: E402
+
+
+def _serve(model_dir, *extra):
+    proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--model", str(model_dir),
+                             "--port", "0", *extra], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    url = json.loads(proc.stdout.readline())["url"]
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def judges(tmp_path_factory):
+    from core.models import build_tiny_policy
+    model = build_tiny_policy(tmp_path_factory.mktemp("judge") / "tiny", dict(
+        model_type="qwen2", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
+        tie_word_embeddings=True), seed=0)
+    fast, fast_url = _serve(model)
+    slow, slow_url = _serve(model, "--latency-s", "3")
+    yield fast_url, slow_url
+    for proc in (fast, slow):
+        proc.terminate()
+        proc.wait()
+
+
+def test_pipeline_with_served_judges_timeouts_and_garbage(tmp_path, judges):
+    fast, slow = judges
+    cfg = compose(tmp_path, "cluster=inline", "eval.num_prompts=4")
+    OmegaConf.update(cfg, "reward.sources", [
+        {"name": "correct", "fn": "toy_exact", "weight": 1.0},
+        # a real probability from the served model's logits: always parses
+        {"name": "soft", "fn": "soft_verifier", "weight": 0.5, "timeout_s": 60,
+         "kwargs": {"url": fast, "top_k": 100}},   # the whole character vocabulary
+        # the tiny model never writes "\boxed{score}": every sample is flagged, none crashes
+        {"name": "garbage", "fn": "grm_pointwise", "weight": 0.0, "timeout_s": 60,
+         "kwargs": {"url": fast, "k": 2, "max_tokens": 16}},
+        # a judge slower than the client's timeout: flagged as timed out
+        {"name": "slow", "fn": "soft_verifier", "weight": 0.0, "timeout_s": 30,
+         "kwargs": {"url": slow, "request_timeout_s": 0.5, "retries": 0, "top_k": 100}},
+    ], force_add=True)
+    summary = run(cfg)
+    assert summary["steps"] == 2
+    rows = [json.loads(l) for l in (tmp_path / "outputs/toy_arith/grpo-seed0/metrics.jsonl")
+            .read_text().splitlines()]
+    trained = [r for r in rows if "reward/combined" in r]
+    for r in trained:
+        assert 0.0 < r["reward/soft"] < 1.0 and r["reward/flagged/soft"] == 0
+        assert r["reward/flagged/garbage"] == 16
+        assert r["reward/flagged/slow"] == 16
