@@ -1,6 +1,8 @@
 """Reward shaping that depends only on the response itself."""
 from __future__ import annotations
 
+import math
+
 from core.records import Sample
 from core.registry import register
 
@@ -13,3 +15,52 @@ def dapo_overlong(sample: Sample, max_len: int, buffer_len: int, factor: float =
     expected = max_len - buffer_len
     length = len(sample.response_ids)
     return max(min(-(length - expected) / buffer_len * factor, 0.0), -factor)
+
+
+def par_shape(score: float, reference_scores: list[float], k: float = 1.0) -> float:
+    """PAR (arXiv:2502.18770): mean over references of sigmoid(k (r - r_ref)), in (0, 1)."""
+    return sum(1 / (1 + math.exp(-k * (score - ref))) for ref in reference_scores) / len(reference_scores)
+
+
+@register("reward", "par")
+def par(sample: Sample, score_source: str, k: float = 1.0,
+        reference_field: str = "reference_scores") -> float:
+    """Preference As Reward: the `score_source` reward-model score shaped against the RM
+    scores of reference responses, precomputed in `sample.metadata[reference_field]`
+    (PAR: k = 1, M = 10 references; M = 1 is nearly as good). List it after its source."""
+    refs = sample.metadata.get(reference_field)
+    if not refs:
+        raise ValueError(f"PAR needs metadata[{reference_field!r}]: RM scores of reference responses")
+    return par_shape(sample.rewards[score_source], list(refs), k)
+
+
+@register("reward", "length_penalty")
+def length_penalty(sample: Sample, free_tokens: int = 300, per_token: float = 0.01) -> float:
+    """-per_token for every response token beyond free_tokens (PAR's default: 300, 0.01)."""
+    return -per_token * max(len(sample.response_ids) - free_tokens, 0)
+
+
+def crf(outcome: float, conciseness: float, alpha: float = 0.5, anneal: float = 1.0,
+        difficulty: float = 0.0) -> float:
+    """CRF (arXiv:2511.09158): R = R_o * (1 + alpha * c * (s + d_q)); zero for wrong answers."""
+    return outcome * (1 + alpha * conciseness * (anneal + difficulty))
+
+
+def gated_accumulation(levels: list[float | list[float]], gate: float = 0.0) -> float:
+    """G-RA (arXiv:2508.10548): rewards by priority, highest first (an outcome, a format
+    check, ..., then a list of step rewards). Each level counts only while every scalar
+    level above it is over `gate`."""
+    total = 0.0
+    for level in levels:
+        if isinstance(level, list):
+            total += sum(level)
+            continue
+        total += level
+        if level <= gate:
+            break
+    return total
+
+
+def renorm(process: list[float], outcome: float, mu: float = 1.0) -> list[float]:
+    """ReNorm (arXiv:2509.25598): step reward r_p + r_o - mu, so its sign follows the outcome."""
+    return [p + outcome - mu for p in process]
