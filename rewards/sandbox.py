@@ -9,7 +9,8 @@
 Every run is a fresh process (the interpreter `Limits.python`) with:
   - CPU time, address space, file size, open files and process count limits (setrlimit);
   - a wall-clock limit, after which every process it started is killed;
-  - when started as root (the usual case in containers): its own user id per pool slot, a new
+  - when started as root (the usual case in containers): its own user id per pool slot (claimed
+    host-wide with a lock file, so two pools on one machine never share one), a new
     network namespace with no interfaces (no network), and a new mount namespace in which
     /tmp is a small fresh tmpfs holding the throwaway working directory, and the host's
     private directories (`Limits.hidden`) are covered by empty tmpfs mounts;
@@ -24,6 +25,8 @@ model's code runs, so printing "all passed" or exiting early (`os._exit(0)`) ear
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -43,7 +46,8 @@ log = logging.getLogger("rewardmill.sandbox")
 
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 1, 2, 4, 16384, 1 << 18
-FIRST_UID = 61000           # pool slot k runs as uid FIRST_UID + k
+SANDBOX_UIDS = range(61000, 63000)   # user ids pool slots claim, one each
+UID_LOCK_DIR = "/tmp/rewardmill-sandbox-uids"  # root-only; a held flock = a claimed uid
 
 
 def _default_python() -> str:
@@ -159,15 +163,16 @@ def _is_root() -> bool:
     return os.geteuid() == 0 and sys.platform.startswith("linux")
 
 
-def _pids_of(uid: int) -> list[int]:
-    """Live processes of `uid` (zombies are dead already; init reaps them)."""
+def _pids_of(uid: int, zombies: bool = False) -> list[int]:
+    """Processes of `uid`; zombies only when asked (they are dead, but until reaped they
+    still count against the user's RLIMIT_NPROC)."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/status") as f:
                     fields = dict(line.split(":", 1) for line in f if ":" in line)
-                if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] != "Z":
+                if int(fields["Uid"].split()[0]) == uid and (zombies or fields["State"].split()[0] != "Z"):
                     pids.append(int(entry))
             except (OSError, KeyError, ValueError):
                 pass
@@ -180,8 +185,11 @@ def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    if uid is None:
-        return
+    if uid is not None:
+        _kill_uid(uid)
+
+
+def _kill_uid(uid: int) -> None:
     for _ in range(50):  # a fork bomb keeps forking while we kill: repeat until none is left
         pids = _pids_of(uid)
         if not pids:
@@ -209,9 +217,47 @@ def _status(returncode: int, timed_out: bool, stderr: str, output_full: bool) ->
     return "ok"
 
 
-def _run_in_slot(code: str, tests: list[str], limits: Limits, slot: int) -> SandboxResult:
-    isolated = _is_root()
-    uid = FIRST_UID + slot if isolated else None
+class UidBusy(Exception):
+    """exec failed with EAGAIN: the uid has RLIMIT_NPROC processes we cannot see or reap
+    (another pid namespace, unreaped zombies). The slot moves to another uid."""
+
+
+class UidClaims:
+    """Sandbox user ids held by this process. A uid is claimed by holding an flock on its lock
+    file, which the kernel drops when the process dies, so a crashed run frees its uids. A uid
+    that still has processes (of a crashed run, or zombies nobody reaps) is passed over."""
+
+    def __init__(self):
+        self._held: dict[int, int] = {}     # uid -> lock file descriptor
+        self._lock = threading.Lock()
+        os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
+
+    def claim(self) -> int:
+        with self._lock:
+            for uid in SANDBOX_UIDS:
+                if uid in self._held:
+                    continue
+                fd = os.open(f"{UID_LOCK_DIR}/{uid}", os.O_CREAT | os.O_RDWR, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                _kill_uid(uid)   # leftovers of a crashed run
+                if _pids_of(uid, zombies=True):
+                    os.close(fd)
+                    continue
+                self._held[uid] = fd
+                return uid
+        raise RuntimeError(f"sandbox: every uid in {SANDBOX_UIDS} is claimed or busy")
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            os.close(self._held.pop(uid))
+
+
+def _run_in_slot(code: str, tests: list[str], limits: Limits, uid: int | None) -> SandboxResult:
+    isolated = uid is not None
     files = {"solution.py": code, "tests.json": json.dumps(tests), "runner.py": RUNNER}
     host_dir = None
     if isolated:
@@ -233,6 +279,10 @@ def _run_in_slot(code: str, tests: list[str], limits: Limits, slot: int) -> Sand
             preexec_fn=lambda: _isolate(workdir, files, limits, uid), start_new_session=True,
             close_fds=True)
     except (OSError, subprocess.SubprocessError) as error:
+        if host_dir:
+            shutil.rmtree(host_dir, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.EAGAIN and isolated:
+            raise UidBusy(uid) from error
         return SandboxResult([False] * len(tests), "error", stderr=str(error))
     try:
         proc.stdin.write((nonce + "\n").encode())
@@ -285,26 +335,51 @@ def _read_capped(f, cap: int) -> tuple[str, bool]:
 
 
 class SandboxPool:
-    """Runs programs in parallel, one per slot; each slot has its own sandbox user."""
+    """Runs programs in parallel, one per slot; each slot has its own sandbox user (as root;
+    otherwise slots are None and only resource limits apply)."""
 
     def __init__(self, size: int = 2):
         self.size = size
-        self._free = list(range(size))
         self._cond = threading.Condition()
-        if not _is_root():
+        if _is_root():
+            self._claims = UidClaims()
+            self._free: list[int | None] = [self._claims.claim() for _ in range(size)]
+        else:
+            self._claims = None
+            self._free = [None] * size
             log.warning("sandbox: not root, so programs run without a separate user, network "
                         "namespace and private filesystem; only resource limits apply")
+
+    def close(self) -> None:
+        """Give the pool's sandbox users back (also happens when the process exits)."""
+        for uid in self.uids:
+            self._claims.release(uid)
+
+    @property
+    def uids(self) -> list[int]:
+        """The sandbox user ids this pool holds (for checks that nothing is left running)."""
+        return sorted(self._claims._held) if self._claims else []
 
     def run(self, code: str, tests: list[str], limits: Limits = Limits()) -> SandboxResult:
         with self._cond:
             while not self._free:
                 self._cond.wait()
-            slot = self._free.pop()
+            uid = self._free.pop()
         try:
-            return _run_in_slot(code, list(tests), limits, slot)
+            for _ in range(3):
+                try:
+                    return _run_in_slot(code, list(tests), limits, uid)
+                except UidBusy:
+                    log.warning("sandbox: uid %d is at its process limit with processes we "
+                                "cannot reap; the slot moves to another uid", uid)
+                    fresh = self._claims.claim()
+                    self._claims.release(uid)
+                    uid = fresh
+            return SandboxResult([False] * len(tests), "error",
+                                 stderr="sandbox: no usable uid (process limit reached)")
         finally:
             with self._cond:
-                self._free.append(slot)
+                self._free.append(uid)
                 self._cond.notify()
 
     def map(self, jobs: list[tuple[str, list[str]]], limits: Limits = Limits()) -> list[SandboxResult]:

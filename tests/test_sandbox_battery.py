@@ -12,6 +12,7 @@ from rewards.sandbox import Limits, SandboxPool, _is_root, run
 
 LIMITS = Limits(wall_s=3, cpu_s=2, memory_mb=256)
 CANARY = Path("/tmp/rewardmill-canary.txt")
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 # (name, program, statuses it may end with). Each program's single test is "assert True",
 # so a contained program that is merely noisy still passes; what matters is containment.
@@ -31,7 +32,7 @@ HOSTILE = [
     ("write_outside_workdir", "for p in ['/etc/rewardmill-pwned', '/usr/pwned', '/var/pwned', '/pwned']:\n    try: open(p, 'w').write('x')\n    except OSError: pass", None),
     ("write_canary_in_tmp", f"open('{CANARY}', 'w').write('pwned')", None),
     ("read_shadow", "print(open('/etc/shadow').read())", None),
-    ("read_project_files", "print(open('/work/main/README.md').read())", None),
+    ("read_project_files", f"print(open('{README}').read())", None),
     ("read_root_home", "import os; print(os.listdir('/root'))", None),
     ("read_host_environment", "import os; print(dict(os.environ)); print(open('/proc/1/environ').read())", None),
     ("list_host_processes", "import os\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n        try: print(open(f'/proc/{p}/cmdline').read())\n        except OSError: pass", None),
@@ -42,7 +43,7 @@ HOSTILE = [
     ("kill_everything", "import os, signal\nfor p in range(2, 40000):\n    try: os.kill(p, signal.SIGKILL)\n    except OSError: pass", None),
     ("ignore_signals", "import signal\nfor s in (signal.SIGTERM, signal.SIGXCPU, signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_IGN)\nwhile True: pass", {"crashed", "cpu_limit", "timeout"}),
     ("recursion_bomb", "import sys\nsys.setrecursionlimit(10**7)\ndef f(n): return f(n + 1)\nf(0)", None),
-    ("delete_files", "import shutil\nfor p in ['/work/main', '/usr/bin/python3', '/etc/hosts']:\n    shutil.rmtree(p, ignore_errors=True)\n    import os\n    try: os.remove(p)\n    except OSError: pass", None),
+    ("delete_files", "import shutil\nfor p in ['README_DIR', '/usr/bin/python3', '/etc/hosts']:\n    shutil.rmtree(p, ignore_errors=True)\n    import os\n    try: os.remove(p)\n    except OSError: pass", None),
     ("spawn_shell", "import subprocess; print(subprocess.run(['sh', '-c', 'id; cat /etc/shadow; ls /root; ping -c1 1.1.1.1'], capture_output=True, text=True))", None),
     ("exit_early_to_fake_pass", "import os; os._exit(0)", None),
     ("sys_exit_zero", "raise SystemExit(0)", None),
@@ -51,6 +52,9 @@ HOSTILE = [
     ("chmod_and_chown", "import os\nfor p in ['/etc/passwd', '/usr/bin']:\n    try: os.chmod(p, 0o777)\n    except OSError: pass", None),
 ]
 FAKE_PASS = {"exit_early_to_fake_pass", "sys_exit_zero"}
+# without root the sandbox runs as this user with no private filesystem: these would really harm
+ROOT_ONLY = {"delete_files", "kill_parent", "kill_everything", "chmod_and_chown", "fill_tmp",
+             "write_canary_in_tmp"}
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +86,11 @@ def pool():
 
 @pytest.mark.parametrize("name, program, statuses", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_program_is_contained(name, program, statuses, pool, listener):
+    if name in ROOT_ONLY and not _is_root():
+        pytest.skip("needs the root sandbox (own user and filesystem)")
     port, received = listener
-    program = program.replace("PORT", str(port))
-    protected = {p: p.stat() for p in (Path("/work/main/README.md"), Path("/etc/hosts"))}
+    program = program.replace("PORT", str(port)).replace("README_DIR", str(README.parent))
+    protected = {p: p.stat() for p in (README, Path("/etc/hosts"))}
     start = time.monotonic()
     result = pool.run(program, ["assert True"], LIMITS)
     elapsed = time.monotonic() - start
@@ -103,7 +109,7 @@ def test_hostile_program_is_contained(name, program, statuses, pool, listener):
         assert "root:" not in result.stdout             # /etc/shadow stays unread
         assert "rewardmill" not in result.stdout        # project files stay hidden
         assert "HOME" not in result.stdout or "/tmp/work" in result.stdout
-        leftover = [p for p in os.listdir("/proc") if p.isdigit() and _live_uid(p) in (61000, 61001)]
+        leftover = [p for p in os.listdir("/proc") if p.isdigit() and _live_uid(p) in pool.uids]
         assert leftover == [], f"{name} left processes behind"
     # and the pool still serves a normal program right after
     ok = pool.run("def f(x): return 2 * x", ["assert f(2) == 4"], LIMITS)
@@ -130,6 +136,40 @@ def test_verdicts_are_per_test_and_partial_credit_survives_a_later_hang():
 def test_syntax_error_and_empty_program():
     assert run("def f(:", ["assert True"]).passed == [False]
     assert run("", ["assert 1 + 1 == 2"]).passed == [True]
+
+
+@pytest.mark.skipif(not _is_root(), reason="sandbox users exist only under root")
+def test_two_pools_on_one_host_never_share_a_user():
+    first, second = SandboxPool(2), SandboxPool(2)
+    assert len(set(first.uids) | set(second.uids)) == 4
+    results = [None, None]
+    # a fork bomb in one pool must not starve or kill the other's programs
+    bomb = threading.Thread(target=lambda: results.__setitem__(0, first.run(HOSTILE[0][1], ["assert True"], LIMITS)))
+    bomb.start()
+    time.sleep(0.3)
+    results[1] = second.run("def f(x): return x + 1", ["assert f(1) == 2"], LIMITS)
+    bomb.join()
+    assert results[1].passed == [True] and results[1].status == "ok"
+    first.close(), second.close()
+
+
+@pytest.mark.skipif(not _is_root(), reason="sandbox users exist only under root")
+def test_slot_moves_off_a_user_that_is_at_its_process_limit():
+    """Processes of the slot's user that the pool did not start (another container, zombies
+    nobody reaps) make exec fail with EAGAIN; the slot takes another user and still runs."""
+    import subprocess
+    pool = SandboxPool(1)
+    [busy] = pool.uids
+    hog = subprocess.Popen([Limits().python, "-c", "import threading, time\n"
+                            "[threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(40)]"],
+                           preexec_fn=lambda: os.setuid(busy))
+    try:
+        time.sleep(1.0)
+        result = pool.run("def f(x): return x + 1", ["assert f(1) == 2"], LIMITS)
+        assert result.passed == [True] and pool.uids != [busy]
+    finally:
+        hog.kill()
+        pool.close()
 
 
 def test_pool_runs_in_parallel():
