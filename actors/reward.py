@@ -3,6 +3,14 @@
 Each source is a callable found by name (core.registry, kind "reward") or dotted path:
   scope "sample": fn(sample, **kwargs) -> score
   scope "group":  fn(samples_of_one_group, **kwargs) -> list of scores, one per sample
+  scope "batch":  fn(all_samples_of_the_call, **kwargs) -> list of scores (cross-group
+                  methods, e.g. Co-Reward's twin prompts, or one batched model call)
+A name that refers to a class is a stateful source: the worker builds it once with the
+source's kwargs and calls the instance like a function; if it has `state_dict()` and
+`load_state_dict()`, that state is saved in checkpoints (a co-trained reward model, say).
+A source with `runs_on: policy` needs the current policy (self-certainty, RLPR, LaSeR): the
+rollout worker runs it right after generation with the same weights, passing `policy=` a
+`PolicyScorer`; the reward worker keeps its scores and only combines them.
 A score is a number, or, for a source with granularity "step", a list with one number per
 step of `sample.steps`. Every source's score is kept in `sample.rewards[name]` (a step
 source's steps in `sample.step_scores[name]`, their `step_reduce` in `sample.rewards[name]`).
@@ -32,7 +40,9 @@ class RewardSource:
     name: str                       # key in sample.rewards and in the logs
     fn: str                         # registered reward name or dotted import path
     weight: float = 1.0             # factor in the combined reward
-    scope: str = "sample"           # "sample" or "group" (needs all G responses)
+    scope: str = "sample"           # "sample", "group" (needs all G responses) or "batch"
+    runs_on: str = "reward"         # "reward" worker, or "policy": the rollout worker, with
+                                    # the weights that sampled (policy-coupled rewards)
     timeout_s: float = 10.0         # wall seconds one call may take
     failure_value: float = 0.0      # score given when the call fails or times out
     granularity: str = "response"   # "response": one number; "step": one per sample.steps
@@ -52,20 +62,26 @@ def weighted_sum(sample: Sample, sources: list[RewardSource]) -> float:
     return sum(src.contribution(sample) for src in sources)
 
 
+SCOPES, PLACES = ("sample", "group", "batch"), ("reward", "policy")
+
 STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v: min(v, default=0.0),
                "sum": sum, "last": lambda v: v[-1] if v else 0.0}
 
 
 class RewardWorker:
+    """Scores samples with the sources that run on it (`runs_on`), then combines every
+    source. With `context` (e.g. {"policy": scorer}) it is the rollout worker's runner of
+    the policy-side sources: those get the context as keyword arguments and nothing is combined."""
+
     def __init__(self, sources: list[dict], threads_per_source: int = 4,
-                 combine: str = "weighted_sum"):
+                 combine: str = "weighted_sum", context: dict | None = None):
         if not sources:
             raise ValueError("reward.sources is empty: list at least one reward source")
         self.sources = [RewardSource(**s) for s in sources]
         for s in self.sources:
-            if s.scope not in ("sample", "group"):
-                raise ValueError(f"reward source {s.name!r}: scope must be 'sample' or 'group', "
-                                 f"got {s.scope!r}")
+            if s.scope not in SCOPES or s.runs_on not in PLACES:
+                raise ValueError(f"reward source {s.name!r}: scope must be one of {SCOPES} "
+                                 f"(got {s.scope!r}) and runs_on one of {PLACES} (got {s.runs_on!r})")
             if s.granularity not in ("response", "step") or s.step_reduce not in STEP_REDUCE:
                 raise ValueError(f"reward source {s.name!r}: granularity must be response|step "
                                  f"and step_reduce one of {sorted(STEP_REDUCE)}")
@@ -74,26 +90,56 @@ class RewardWorker:
             if s.gate and s.gate.get("source") not in names:
                 raise ValueError(f"reward source {s.name!r}: gate source {s.gate.get('source')!r} "
                                  f"is not one of {names}")
-        self.functions: dict[str, Callable] = {s.name: lookup("reward", s.fn) for s in self.sources}
+        self.context = context
+        self.place = "policy" if context is not None else "reward"
+        self.mine = [s for s in self.sources if s.runs_on == self.place]
+        self.functions: dict[str, Callable] = {}
+        self.call_kwargs: dict[str, dict] = {}
+        for s in self.mine:
+            fn = lookup("reward", s.fn)
+            stateful = isinstance(fn, type)  # built once; its kwargs go to the constructor
+            self.functions[s.name] = fn(**s.kwargs) if stateful else fn
+            self.call_kwargs[s.name] = ({} if stateful else dict(s.kwargs)) | (context or {})
         self.combine = lookup("combine", combine)
         self.threads = threads_per_source
-        self.pools = {s.name: self._new_pool() for s in self.sources}
+        self.pools = {s.name: self._new_pool() for s in self.mine}
+
+    def state_dict(self) -> dict:
+        """The state of stateful sources (checkpointed with the run)."""
+        return {name: fn.state_dict() for name, fn in self.functions.items()
+                if hasattr(fn, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in state.items():
+            self.functions[name].load_state_dict(part)
 
     def _new_pool(self) -> "DaemonPool":
         return DaemonPool(self.threads)
 
     def score(self, samples: list[Sample]) -> list[Sample]:
-        for source in self.sources:
+        for source in self.mine:
             self._run_source(source, samples)
-        for s in samples:
-            s.reward = float(self.combine(s, self.sources))
+        if self.place == "reward":
+            for source in self.sources:
+                if source.runs_on == "policy":
+                    self._require_policy_scores(source, samples)
+            for s in samples:
+                s.reward = float(self.combine(s, self.sources))
         return samples
+
+    def _require_policy_scores(self, source: RewardSource, samples: list[Sample]) -> None:
+        """A policy-side score missing (the rollout worker did not run it) is a flag, not a KeyError."""
+        missing = [s for s in samples if source.name not in s.rewards]
+        if missing:
+            self._fail(source, missing, "no score from the rollout worker (runs_on: policy)")
 
     def _run_source(self, source: RewardSource, samples: list[Sample]) -> None:
         fn, pool = self.functions[source.name], self.pools[source.name]
-        units = [[s] for s in samples] if source.scope == "sample" else groups_of(samples)
-        call = (lambda u: [fn(u[0], **source.kwargs)]) if source.scope == "sample" else (
-            lambda u: fn(u, **source.kwargs))
+        kwargs = self.call_kwargs[source.name]
+        units = {"sample": lambda: [[s] for s in samples], "group": lambda: groups_of(samples),
+                 "batch": lambda: [samples] if samples else []}[source.scope]()
+        call = (lambda u: [fn(u[0], **kwargs)]) if source.scope == "sample" else (
+            lambda u: fn(u, **kwargs))
         futures = [pool.submit(call, unit) for unit in units]
         failures: list[str] = []
         # Calls queue behind one another, so the whole set gets one timeout per wave of threads.

@@ -4,6 +4,9 @@ An engine implements `generate(prompts, sampling, group_tag) -> list[Sample]` an
 `load_weights(state, version)`. `HFEngine` uses Hugging Face `generate` (CPU or one GPU); a
 vLLM engine plugs in behind the same two methods. `RolloutWorker` is what the scheduler
 spawns (in-process or as a Ray actor); it picks the engine by name.
+
+An engine that also offers the `PolicyScorer` methods can run policy-coupled reward sources
+(`runs_on: policy`): they score samples with the very weights that sampled them.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample
 from core.steps import split_steps
+from tasks.datasets import with_twins
 
 
 class Engine(Protocol):
@@ -28,6 +32,19 @@ class Engine(Protocol):
 
     def load_weights(self, state: dict, version: int) -> None:
         """Take a full state dict from the learner and tag later samples with `version`."""
+
+
+class PolicyScorer(Protocol):
+    """What policy-coupled rewards may ask of the rollout policy (current weights, T = 1)."""
+
+    tokenizer: object
+    version: int
+
+    def token_logprobs(self, prefixes: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+        """log p(target_t | prefix, target_<t) of every target token, per row."""
+
+    def self_certainty(self, samples: list[Sample]) -> list[float]:
+        """Per sample, the mean over response tokens of KL(uniform || p_t) (arXiv:2502.18581)."""
 
 
 class HFEngine:
@@ -96,20 +113,79 @@ class HFEngine:
         return samples
 
 
+    # --- PolicyScorer --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _forward(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, L, V] of right-padded rows, and their attention mask."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        return out.logits.float(), mask
+
+    def _chunks(self, n: int):
+        step = self.max_batch_prompts
+        return (range(i, min(i + step, n)) for i in range(0, n, step))
+
+    def token_logprobs(self, prefixes: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for rows in self._chunks(len(prefixes)):
+            logits, _ = self._forward([prefixes[i] + targets[i] for i in rows])
+            logp = torch.log_softmax(logits, -1)
+            for k, i in enumerate(rows):
+                start, t = len(prefixes[i]), torch.tensor(targets[i], dtype=torch.long)
+                picked = logp[k, start - 1:start - 1 + len(t)].gather(-1, t.to(logp.device)[:, None])
+                out.append(picked.squeeze(-1).tolist())
+        return out
+
+    def self_certainty(self, samples: list[Sample]) -> list[float]:
+        out: list[float] = []
+        for rows in self._chunks(len(samples)):
+            logits, _ = self._forward([samples[i].prompt_ids + samples[i].response_ids for i in rows])
+            # logsumexp(z) - mean(z) = KL(U || softmax(z)) + log V: no softmax is materialised
+            per_token = logits.logsumexp(-1) - logits.mean(-1) - torch.log(torch.tensor(logits.shape[-1]))
+            for k, i in enumerate(rows):
+                start, n = len(samples[i].prompt_ids), len(samples[i].response_ids)
+                out.append(float(per_token[k, start - 1:start - 1 + n].mean()) if n else 0.0)
+        return out
+
+
 ENGINES: dict[str, type[Engine]] = {"hf": HFEngine}
 
 
 class RolloutWorker:
     """Holds one engine; the unit the scheduler spawns and sends weights to."""
 
-    def __init__(self, engine: str, model_path: str, **engine_options):
+    def __init__(self, engine: str, model_path: str, reward_sources: list[dict] | None = None,
+                 **engine_options):
         if engine not in ENGINES:
             raise ValueError(f"rollout.engine={engine!r} is unknown; choose one of {sorted(ENGINES)}")
         self.engine = ENGINES[engine](model_path, **engine_options)
+        # the reward sources marked runs_on: policy, scored here with the sampling weights
+        self.policy_rewards = None
+        if any(s.get("runs_on") == "policy" for s in reward_sources or []):
+            from actors.reward import RewardWorker
+            self.policy_rewards = RewardWorker(reward_sources, threads_per_source=1,
+                                               context={"policy": self.engine})
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams,
                  group_tag: str = "") -> list[Sample]:
-        return self.engine.generate(prompts, sampling, group_tag)
+        samples = self.engine.generate(with_twins(prompts), sampling, group_tag)
+        if self.policy_rewards:
+            self.policy_rewards.score(samples)
+        return samples
+
+    def state_dict(self) -> dict:
+        """State of stateful policy-side reward sources (e.g. RLPR's cached baselines)."""
+        return self.policy_rewards.state_dict() if self.policy_rewards else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.policy_rewards:
+            self.policy_rewards.load_state_dict(state)
 
     def load_weights(self, state: dict, version: int) -> int:
         self.engine.load_weights(state, version)

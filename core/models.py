@@ -90,6 +90,17 @@ def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     return model
 
 
+def load_reward_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """A scalar reward model: a sequence-classification head with one output on the model at
+    `path`. From a causal-LM folder (a policy) the head starts fresh and the body is reused.
+    The score is read at the last non-pad token, so the pad id must be known."""
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+    return model
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished folder into place; readers never see a half-written `dst`."""
     dst = Path(dst)

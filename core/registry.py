@@ -14,11 +14,13 @@ _REGISTRY: dict[str, dict[str, Any]] = {}
 # Modules whose import fills each kind's registry with the built-in entries.
 _BUILTIN_MODULES = {
     "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise", "rewards.code",
-               "rewards.verifiers", "rewards.judges"],
+               "rewards.verifiers", "rewards.judges", "rewards.self_rewards", "rewards.policy_rewards",
+               "rewards.reward_model"],
     "advantage": ["learners.advantages"],
     "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],
     "combine": ["actors.reward"],
+    "extractor": ["rewards.self_rewards"],
 }
 
 

@@ -316,3 +316,25 @@ def gae(x: AdvantageInputs, gamma: float = 1.0, lam: float = 0.95,
 
 
 gae.needs_values = True
+
+
+@register("advantage", "constrained")
+def constrained(x: AdvantageInputs, constraints: dict, multipliers: dict | None = None,
+                base_source: str | None = None, norm_by_std: bool = True,
+                eps: float = 1e-6, multiplier: dict | None = None) -> Advantages:
+    """Constrained RLHF with composite reward models (Moskovitz et al., arXiv:2310.04373):
+    A = (N - sum_i lambda_i) A_base + sum_i lambda_i A_i, each term the GRPO advantage of one
+    reward (the paper uses a value head per component; group baselines here [inferred]).
+    A_base is the advantage of `base_source` (null: the combined reward, which carries the
+    KL penalty when kl_in_reward is set; the paper's A_KL). `constraints` maps each component
+    source to its threshold theta_i; the scheduler learns `multipliers` (lambda_i) from the
+    batch means and passes them in (rewards/self_rewards.py LagrangeMultipliers, built with
+    the `multiplier` options: kind, lr, momentum)."""
+    if multipliers is None:
+        raise ValueError("algorithm=constrained needs the scheduler's multipliers")
+    base = x.rewards if base_source is None else source_scores(x, base_source)
+    mixed = (len(constraints) - sum(multipliers.values())) * _grpo_scalar(base, x.group, norm_by_std, eps)
+    for name in constraints:
+        mixed = mixed + multipliers[name] * _grpo_scalar(source_scores(x, name), x.group,
+                                                         norm_by_std, eps)
+    return Advantages(broadcast(mixed, x.mask))

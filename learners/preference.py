@@ -1,7 +1,8 @@
 """Offline preference losses on (chosen, rejected) pairs, for users who have pairs.
 
-Inputs are per-response summed log-probs (and lengths); rows 2k and 2k+1 of a preference
-batch are the chosen and rejected response of pair k.
+DPO and SimPO take per-response summed log-probs (and lengths) of the policy; Bradley-Terry
+takes a reward model's scalar scores. Rows 2k and 2k+1 of a preference batch are the chosen
+and rejected response of pair k.
 """
 from __future__ import annotations
 
@@ -29,4 +30,14 @@ def simpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, chosen_len: torch.T
     return -F.logsigmoid(margin), margin
 
 
-PREFERENCE_LOSSES = ("dpo", "simpo")
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
+                       margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bradley-Terry reward-model loss on scalar scores: -log sigmoid(s_chosen - s_rejected - m)
+    (InstructGPT, arXiv:2203.02155; Cooper's online RM update uses it with m = 0).
+
+    Returns (loss per pair, score margin per pair)."""
+    gap = chosen - rejected
+    return -F.logsigmoid(gap - margin), gap
+
+
+PREFERENCE_LOSSES = ("dpo", "simpo", "bradley_terry")

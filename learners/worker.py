@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from core.models import copy_tokenizer, load_policy
+from core.models import copy_tokenizer, load_policy, load_reward_model
 from core.net import node_address
 from core.records import Batch
 from core.registry import lookup
 from learners.losses import (LossInputs, entropy_from_logits, kl_estimate, loss_needs,
                              mean_log_softmax, value_loss)
-from learners.preference import dpo_loss, simpo_loss
+from learners.preference import bradley_terry_loss, dpo_loss, simpo_loss
 
 # HF heads return a slice of their output; nothing here modifies it in place.
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -54,7 +54,8 @@ class LearnerSettings:
     critic: bool = False           # train a value model (GAE)
     critic_lr: float = 1e-5
     value_clip: float | None = 0.2
-    preference_loss: str = "dpo"   # dpo | simpo (preference_step only)
+    preference_loss: str = "dpo"   # dpo | simpo | bradley_terry (preference_step only);
+                                   # bradley_terry trains a scalar reward model, not a policy
     preference_options: dict = field(default_factory=dict)
     strategy: str = "fsdp2"        # "fsdp2", or "none": one rank, no sharding
     threads: int = 0               # torch intra-op threads on CPU; 0 leaves torch's default
@@ -89,7 +90,9 @@ class LearnerWorker:
             os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
                                     rank=self.rank, world_size=self.world_size)
-        self.model = self._sharded(load_policy(self.model_path))
+        # Bradley-Terry trains a reward model: the same body with a one-output score head
+        self.loader = load_reward_model if self.s.preference_loss == "bradley_terry" else load_policy
+        self.model = self._sharded(self.loader(self.model_path))
         self.model.train()
         self.optimizer, self.scheduler = self._optimizer(self.model, self.s.lr)
         self.reference = self.critic = None
@@ -129,6 +132,13 @@ class LearnerWorker:
                     attention_mask=mb.attention_mask.to(self.device),
                     position_ids=mb.position_ids.to(self.device), use_cache=False)
         return out.logits[:, mb.prompt_len - 1:-1].float() / self.s.temperature
+
+    def _scores(self, mb: Batch) -> torch.Tensor:
+        """A reward model's score of each row (read at its last real token)."""
+        out = self.model(input_ids=mb.input_ids.to(self.device),
+                         attention_mask=mb.attention_mask.to(self.device),
+                         position_ids=mb.position_ids.to(self.device), use_cache=False)
+        return out.logits[:, 0].float()
 
     def _token_logprobs(self, logits: torch.Tensor, mb: Batch) -> torch.Tensor:
         targets = mb.input_ids[:, mb.prompt_len:].to(self.device)
@@ -339,8 +349,13 @@ class LearnerWorker:
             self._sync_gradients(k == len(micros) - 1)
             mask = mb.response_mask.to(self.device)
             with torch.set_grad_enabled(train):
-                seq = (self._token_logprobs(self._logits(self.model, mb), mb) * mask).sum(1)
-            if self.s.preference_loss == "dpo":
+                if self.s.preference_loss == "bradley_terry":
+                    seq = self._scores(mb)   # one scalar per response
+                else:
+                    seq = (self._token_logprobs(self._logits(self.model, mb), mb) * mask).sum(1)
+            if self.s.preference_loss == "bradley_terry":
+                loss, margin = bradley_terry_loss(seq[0::2], seq[1::2], **self.s.preference_options)
+            elif self.s.preference_loss == "dpo":
                 with torch.no_grad():
                     ref = (self._token_logprobs(self._logits(self.reference, mb), mb) * mask).sum(1)
                 loss, margin = dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2],
@@ -404,7 +419,7 @@ class LearnerWorker:
     def load(self, folder: str) -> int:
         """Restore what `save` wrote; every rank reads the files."""
         folder = Path(folder)
-        self._load_model(self.model, self.optimizer, self.scheduler, folder, load_policy)
+        self._load_model(self.model, self.optimizer, self.scheduler, folder, self.loader)
         if self.critic is not None:
             self._load_model(self.critic, self.critic_optimizer, self.critic_scheduler,
                              folder / "critic", _load_critic)

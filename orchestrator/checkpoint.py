@@ -4,6 +4,8 @@ run_dir/checkpoints/step_000010/
     policy/              HF folder (from_pretrained loads it) + optimizer.pt + learner_state.json
     trainer_state.json   step, prompt-stream position, evaluation so far
     buffer.pt            replay buffer contents and counters
+    components.pt        state of stateful reward sources (per reward and rollout worker)
+                         and of the scheduler's reward-side state (Lagrange multipliers, filters)
 A folder without the `.tmp` suffix is complete; a crash mid-write leaves only a `.tmp`.
 """
 from __future__ import annotations
@@ -41,9 +43,11 @@ class Checkpoints:
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit(self, tmp: Path, trainer_state: dict, buffer_state: dict) -> Path:
+    def commit(self, tmp: Path, trainer_state: dict, buffer_state: dict,
+               components: dict | None = None) -> Path:
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         torch.save(buffer_state, tmp / "buffer.pt")
+        torch.save(components or {}, tmp / "components.pt")
         final = tmp.with_name(tmp.name.removesuffix(".tmp"))
         if final.exists():
             shutil.rmtree(final)
@@ -53,7 +57,9 @@ class Checkpoints:
         return final
 
     @staticmethod
-    def read(folder: Path) -> tuple[dict, dict]:
+    def read(folder: Path) -> tuple[dict, dict, dict]:
         state = json.loads((folder / "trainer_state.json").read_text())
         buffer_state = torch.load(folder / "buffer.pt", weights_only=False)
-        return state, buffer_state
+        extra = folder / "components.pt"
+        components = torch.load(extra, weights_only=False) if extra.exists() else {}
+        return state, buffer_state, components

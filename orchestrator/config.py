@@ -139,8 +139,14 @@ def validate(cfg: DictConfig) -> None:
         timeout = src.get("timeout_s", 10.0)
         _check(isinstance(timeout, (int, float)) and timeout > 0,
                f"reward.sources[{i}].timeout_s", timeout, "must be a number of seconds > 0")
-        _check(src.get("scope", "sample") in ("sample", "group"), f"reward.sources[{i}].scope",
-               src.get("scope"), "choose 'sample' or 'group'")
+        _check(src.get("scope", "sample") in ("sample", "group", "batch"),
+               f"reward.sources[{i}].scope", src.get("scope"), "choose 'sample', 'group' or 'batch'")
+        _check(src.get("runs_on", "reward") in ("reward", "policy"), f"reward.sources[{i}].runs_on",
+               src.get("runs_on"), "choose 'reward' (reward worker) or 'policy' (rollout worker)")
+        if isinstance(lookup("reward", src.fn), type):  # stateful: one copy of its state
+            _check(cfg.reward.num_workers == 1 or src.get("runs_on") == "policy",
+                   "reward.num_workers", cfg.reward.num_workers,
+                   f"source {src.name!r} keeps state (e.g. a co-trained model): use 1 reward worker")
     _check(cfg.eval.accuracy_source in names, "eval.accuracy_source", cfg.eval.accuracy_source,
            f"must name a reward source: one of {names}")
     for i, src in enumerate(sources):

@@ -20,6 +20,7 @@ from orchestrator.metrics import MetricsSink, read_history
 from orchestrator.pipeline import Pipeline
 from orchestrator.report import plot_run, summary_table
 from orchestrator.scheduler import Scheduler
+from orchestrator.reward_model_prep import ensure_reward_models
 from orchestrator.warm_start import run_warm_start, warm_start_folder
 from tasks.datasets import PromptStream, ToyDataset, load_prompt_file
 from tasks.toy_arith import ToyArithmetic
@@ -49,6 +50,7 @@ def run(cfg: DictConfig) -> dict:
                 run_warm_start(cfg, cluster, settings, tokenizer, sft_data, base, Path(policy))
             else:
                 log.info("warm start: reusing %s", policy)
+        ensure_reward_models(cfg, cluster, policy)
         learner = LearnerGroup(cluster, policy, settings, cfg.learner.num_ranks,
                                use_reference=uses_reference(cfg),
                                num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
@@ -106,7 +108,7 @@ def datasets(cfg, tokenizer):
     if d.source == "toy":
         task = ToyArithmetic(d.toy.min_digits, d.toy.max_digits, d.toy.operands, seed=cfg.seed)
         held_out = ToyDataset(task, "test", cfg.eval.num_prompts)
-        return (ToyDataset(task, "train"), ToyDataset(task, "sft"),
+        return (ToyDataset(task, "train", twin_views=d.toy.twin_views), ToyDataset(task, "sft"),
                 [held_out[i] for i in range(len(held_out))])
 
     def read(path):

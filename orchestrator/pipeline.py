@@ -27,13 +27,14 @@ class Pipeline:
     def __init__(self, cfg, cluster: Cluster, policy_path: str, learner: LearnerGroup):
         self.cluster, self.learner = cluster, learner
         r = cfg.rollout
+        sources = [dict(s) for s in cfg.reward.sources]
         self.rollouts = [
-            cluster.spawn(RolloutWorker, r.engine, policy_path, num_cpus=r.num_cpus,
+            cluster.spawn(RolloutWorker, r.engine, policy_path, reward_sources=sources,
+                          num_cpus=r.num_cpus,
                           num_gpus=r.num_gpus, max_batch_prompts=r.max_batch_prompts,
                           threads=r.threads, dtype=cfg.model.dtype,
                           step_delimiter=r.step_delimiter)
             for _ in range(r.num_workers)]
-        sources = [dict(s) for s in cfg.reward.sources]
         self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source,
                                         cfg.reward.combine)
                           for _ in range(cfg.reward.num_workers)]
@@ -66,6 +67,17 @@ class Pipeline:
         """Publish the learner's current weights to every rollout worker."""
         state = self.learner.state_future()
         self.cluster.get([w.call("load_weights", state, version) for w in self.rollouts])
+
+    def components_state(self) -> dict:
+        """State of stateful reward sources on every reward and rollout worker."""
+        get = lambda workers: self.cluster.get([w.call("state_dict") for w in workers])
+        return {"rewarders": get(self.rewarders), "rollouts": get(self.rollouts)}
+
+    def load_components_state(self, state: dict) -> None:
+        for key, workers in (("rewarders", self.rewarders), ("rollouts", self.rollouts)):
+            parts = state.get(key, [])
+            self.cluster.get([w.call("load_state_dict", part)
+                              for w, part in zip(workers, parts)])
 
     def wait(self, futures: list) -> None:
         """Block until the futures are done, without fetching their data to the driver."""

@@ -1,4 +1,6 @@
-"""Offline preference training (DPO / SimPO) with the RL learner group.
+"""Offline preference training with the RL learner group: DPO / SimPO train the policy,
+Bradley-Terry trains a scalar reward model (saved to run_dir/reward_model, loadable by the
+`reward_model` and `cooper` reward sources).
 
 Rows 2k and 2k+1 of every batch are pair k's chosen and rejected response; DPO's reference
 model is the starting policy.
@@ -61,12 +63,15 @@ def validate(cfg) -> None:
         raise ConfigError("config learner.num_ranks: cluster=inline has one learner rank")
 
 
-def run_preference(cfg) -> dict:
+def run_preference(cfg, cluster: Cluster | None = None) -> dict:
+    """Train on pairs; with `cluster` (a running one, e.g. the main job's) it is not shut down."""
     start = time.perf_counter()
     validate(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(cfg.cluster.mode, cfg.cluster.address, cfg.cluster.num_cpus)
+    own_cluster = cluster is None
+    if own_cluster:
+        cluster = Cluster(cfg.cluster.mode, cfg.cluster.address, cfg.cluster.num_cpus)
     group = None
     try:
         base = base_model(cfg)
@@ -103,14 +108,19 @@ def run_preference(cfg) -> dict:
                 sink.write(json.dumps({"step": step + 1, **metrics}) + "\n")
                 history.append(metrics)
         after = evaluate()
-        group.run("save", str(run_dir / "policy"), base)
+        trained = run_dir / ("reward_model" if cfg.loss == "bradley_terry" else "policy")
+        group.run("save", str(trained), base)
     finally:
         if group:
             group.shutdown()
-        cluster.shutdown()
-    summary = {"loss": cfg.loss, "steps": cfg.steps,
-               "eval_accuracy_before": before.get("likelihood_accuracy"),
-               "eval_accuracy_after": after.get("likelihood_accuracy"),
+        if own_cluster:
+            cluster.shutdown()
+    # a reward model is right when it scores the chosen response higher; a policy when it
+    # gives the chosen response the higher mean log-prob per token
+    accuracy = "accuracy" if cfg.loss == "bradley_terry" else "likelihood_accuracy"
+    summary = {"loss": cfg.loss, "steps": cfg.steps, "model_dir": str(trained),
+               "eval_accuracy_before": before.get(accuracy),
+               "eval_accuracy_after": after.get(accuracy),
                "eval_margin_after": after.get("margin"),
                "train_loss_first": history[0]["loss"] if history else None,
                "train_loss_last": history[-1]["loss"] if history else None,

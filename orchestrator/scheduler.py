@@ -20,6 +20,7 @@ from learners.prepare import BatchRecipe, build_train_batch
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.metrics import MetricsSink, PhaseTimer
 from orchestrator.pipeline import Pipeline
+from rewards.self_rewards import LagrangeMultipliers
 
 log = logging.getLogger("rewardmill")
 
@@ -33,6 +34,14 @@ class Scheduler:
         self.source_names = [s.name for s in cfg.reward.sources]
         self.recipe = batch_recipe(cfg)
         self.annotation_needs = self.annotation_needs_of(self.recipe)
+        # twin views (Co-Reward) sample every prompt twice: two groups per prompt
+        twins = cfg.data.source == "toy" and cfg.data.toy.get("twin_views", False)
+        self.groups_per_step = cfg.data.prompts_per_step * (2 if twins else 1)
+        self.lagrange = None   # constrained RLHF: multipliers learned from batch means
+        if self.recipe.estimator == "constrained":
+            opts = self.recipe.estimator_options
+            self.lagrange = LagrangeMultipliers(opts["constraints"], seed=cfg.seed,
+                                                **opts.get("multiplier") or {})
         self.step = 0
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
 
@@ -74,11 +83,11 @@ class Scheduler:
             with timer("buffer"):
                 self.pipe.to_buffer(futures, drop_uniform=algo.dynamic_sampling)
                 last_round = not algo.dynamic_sampling or rounds >= algo.max_sampling_rounds
-                samples = self.pipe.next_batch(cfg.data.prompts_per_step, version=step,
+                samples = self.pipe.next_batch(self.groups_per_step, version=step,
                                                pad_with_uniform=last_round)
             if samples is None and last_round:
                 raise RuntimeError(f"step {step}: the buffer could not fill a batch of "
-                                   f"{cfg.data.prompts_per_step} groups")
+                                   f"{self.groups_per_step} groups")
         if algo.greedy_baseline:
             with timer("baseline"):
                 self.add_greedy_baseline(samples)
@@ -87,6 +96,8 @@ class Scheduler:
             with timer("annotate"):
                 plain = self.pipe.cluster.put(Batch.from_samples(samples, self.pad_id))
                 annotations = self.pipe.learner.run("annotate", plain, self.annotation_needs)[0]
+        if self.lagrange:
+            self.recipe.estimator_options["multipliers"] = self.lagrange.values()
         with timer("prepare"):
             batch, prepared = build_train_batch(samples, self.recipe, self.pad_id, annotations)
             batch_future = self.pipe.cluster.put(batch)
@@ -101,10 +112,20 @@ class Scheduler:
                    **{f"train/{k}": v for k, v in train.items()}}
         if algo.dynamic_sampling:
             metrics["rollout/sampling_rounds"] = rounds
+        if self.lagrange:
+            metrics.update(self.update_multipliers(samples))
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
         metrics["time/step"] = total
         metrics["time/scheduler_overhead"] = total - sum(timer.seconds.values())
         return metrics
+
+    def update_multipliers(self, samples: list[Sample]) -> dict:
+        """One Lagrange step from this batch's mean of each constrained source; its metrics."""
+        means = {n: sum(s.rewards[n] for s in samples) / len(samples) for n in self.lagrange.names}
+        used = self.lagrange.values()
+        self.lagrange.update(means)
+        return {f"lagrange/{n}": used[n] for n in used} | {
+            f"lagrange/{n}_minus_threshold": means[n] - self.lagrange.thresholds[n] for n in means}
 
     @staticmethod
     def annotation_needs_of(recipe: BatchRecipe) -> list[str]:
@@ -166,10 +187,16 @@ class Scheduler:
         state = {"step": self.step, "prompts": self.prompts.state_dict(),
                  "evals": {str(k): v for k, v in self.evals.items()}}
         buffer_state = self.pipe.cluster.get(self.pipe.buffer.call("state_dict"))
-        self.checkpoints.commit(tmp, state, buffer_state)
+        components = self.pipe.components_state()
+        if self.lagrange:
+            components["lagrange"] = self.lagrange.state_dict()
+        self.checkpoints.commit(tmp, state, buffer_state, components)
 
     def restore(self, folder) -> None:
-        state, buffer_state = Checkpoints.read(folder)
+        state, buffer_state, components = Checkpoints.read(folder)
+        self.pipe.load_components_state(components)
+        if self.lagrange:
+            self.lagrange.load_state_dict(components["lagrange"])
         version = self.pipe.learner.run("load", str(folder / "policy"))[0]
         self.pipe.sync_weights(version)
         self.pipe.cluster.get(self.pipe.buffer.call("load_state_dict", buffer_state))

@@ -64,3 +64,41 @@ def gated_accumulation(levels: list[float | list[float]], gate: float = 0.0) -> 
 def renorm(process: list[float], outcome: float, mu: float = 1.0) -> list[float]:
     """ReNorm (arXiv:2509.25598): step reward r_p + r_o - mu, so its sign follows the outcome."""
     return [p + outcome - mu for p in process]
+
+
+# --- the shaping functions above as reward sources over other sources' scores ---------------
+# (list them after the sources they read; the reward worker runs sources in order)
+
+
+@register("reward", "toy_conciseness")
+def toy_conciseness(sample: Sample) -> float:
+    """A conciseness score in (0, 1] for the toy task, standing in for CRF's trained CRM:
+    the worked solution's length over the response's (1 = no longer than needed)."""
+    solution = sample.metadata.get("solution") or sample.response_text
+    return min(1.0, len(solution) / max(len(sample.response_text), 1))
+
+
+@register("reward", "crf_shaped")
+def crf_shaped(sample: Sample, outcome_source: str = "correct", conciseness_source: str = "concise",
+               alpha: float = 0.5, anneal: float = 1.0, difficulty: float = 0.0) -> float:
+    """CRF on two earlier sources: outcome * (1 + alpha * conciseness * (anneal + d_q))."""
+    return crf(sample.rewards[outcome_source], sample.rewards[conciseness_source], alpha,
+               anneal, difficulty)
+
+
+@register("reward", "gated_reward")
+def gated_reward(sample: Sample, levels: list[str], step_source: str | None = None,
+                 gate: float = 0.0) -> float:
+    """G-RA over earlier sources: `levels` (source names, highest priority first), then the
+    steps of `step_source`, each counted only while every level above is over `gate`."""
+    values: list = [sample.rewards[name] for name in levels]
+    if step_source:
+        values.append(list(sample.step_scores.get(step_source, [])))
+    return gated_accumulation(values, gate)
+
+
+@register("reward", "renorm_steps")
+def renorm_steps(sample: Sample, process_source: str, outcome_source: str = "correct",
+                 mu: float = 1.0) -> list[float]:
+    """ReNorm step rewards (granularity: step) from an earlier step source and the outcome."""
+    return renorm(sample.step_scores[process_source], sample.rewards[outcome_source], mu)

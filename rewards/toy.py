@@ -54,3 +54,9 @@ def toy_hardness(sample: Sample) -> float:
     """Data hardness delta for GRPO-S: 1 - the fraction of scratchpad steps that match the
     worked solution (the toy stand-in for 1 - similarity to a demonstration)."""
     return 1.0 - toy_steps(sample)
+
+
+@register("reward", "toy_step_correct")
+def toy_step_correct(sample: Sample) -> list[float]:
+    """Per step: 1.0 if right, 0.0 if wrong (an oracle process reward, e.g. for ReNorm)."""
+    return [1.0 - e for e in toy_step_errors(sample)]

@@ -12,21 +12,43 @@ from pathlib import Path
 from typing import Callable
 
 from core.records import Prompt
-from tasks.toy_arith import ToyArithmetic
+from tasks.toy_arith import ToyArithmetic, scratchpad
 
 log = logging.getLogger("rewardmill.data")
 
 
 class ToyDataset:
-    def __init__(self, task: ToyArithmetic, split: str, size: int | None = None):
-        self.task, self.split, self.size = task, split, size
+    """Toy problems by index. With `twin_views`, each prompt carries a rephrased twin (the
+    operands in reverse order: same answer, other wording), which the rollout worker samples
+    as a second group (Co-Reward's cross-view pairs; see `with_twins`)."""
+
+    def __init__(self, task: ToyArithmetic, split: str, size: int | None = None,
+                 twin_views: bool = False):
+        self.task, self.split, self.size, self.twin_views = task, split, size, twin_views
 
     def __len__(self):
         return self.size
 
     def __getitem__(self, index: int) -> Prompt:
         p = self.task.problem(self.split, index)
-        return Prompt(p.prompt_id, p.prompt, p.answer, {"solution": p.solution})
+        metadata = {"solution": p.solution}
+        if self.twin_views:
+            numbers = [int(n) for n in p.prompt.rstrip("=").split("+")][::-1]
+            metadata.update(pair=p.prompt_id, view=0, twin={
+                "text": "+".join(map(str, numbers)) + "=", "solution": scratchpad(numbers)})
+        return Prompt(p.prompt_id, p.prompt, p.answer, metadata)
+
+
+def with_twins(prompts: list[Prompt]) -> list[Prompt]:
+    """Each prompt followed by its twin view, if it has one (metadata["twin"]: text, solution)."""
+    out = []
+    for p in prompts:
+        out.append(p)
+        twin = p.metadata.get("twin")
+        if twin:
+            out.append(Prompt(f"{p.prompt_id}~twin", twin["text"], p.answer,
+                              {"solution": twin.get("solution"), "pair": p.prompt_id, "view": 1}))
+    return out
 
 
 class BadRowError(ValueError):

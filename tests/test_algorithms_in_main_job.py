@@ -22,8 +22,10 @@ def test_every_estimator_has_a_config():
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_algorithm_runs(tmp_path, algorithm):
+    # constrained RLHF needs its constrained sources
+    extra = ["reward=constrained"] if algorithm == "constrained" else []
     cfg = compose(tmp_path, "cluster=inline", f"algorithm={algorithm}", "eval.num_prompts=4",
-                  "learner.micro_batch_size=8")
+                  "learner.micro_batch_size=8", *extra)
     summary = run(cfg)
     assert summary["steps"] == 2
     rows = [json.loads(line) for line in

@@ -47,7 +47,7 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
     (crashed / "policy").mkdir()
     assert ck.latest().name == "step_000003"
     assert [p.name for p in ck.complete()] == ["step_000002", "step_000003"]  # keep=2
-    state, buffer_state = Checkpoints.read(ck.latest())
+    state, buffer_state, _ = Checkpoints.read(ck.latest())
     assert state == {"step": 3} and buffer_state == {"queue": []}
     assert isinstance(torch.load(ck.latest() / "buffer.pt"), dict)
 
