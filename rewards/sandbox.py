@@ -12,8 +12,9 @@ Every run is a fresh process (the interpreter `Limits.python`) with:
   - when started as root (the usual case in containers): its own user id per pool slot (claimed
     host-wide with a lock file, so two pools on one machine never share one), a new
     network namespace with no interfaces (no network), and a new mount namespace in which
-    /tmp is a small fresh tmpfs holding the throwaway working directory, and the host's
-    private directories (`Limits.hidden`) are covered by empty tmpfs mounts;
+    /tmp is a small fresh tmpfs holding the throwaway working directory, and every other
+    directory (`Limits.hidden`: by default all top-level ones but the system directories an
+    interpreter needs, so a checkout is hidden wherever it lives) is covered by an empty tmpfs;
   - an environment holding only PATH, HOME, LANG;
   - stdout/stderr captured up to `Limits.output_bytes`.
 Without root the process limits, wall limit and clean-up still apply, but not the user,
@@ -58,6 +59,21 @@ def _default_python() -> str:
     return sys.executable
 
 
+# what an interpreter needs to start; everything else at / is covered (a whitelist, because a
+# checkout, a dataset or a secret may live anywhere: /work, /check, /data, ...)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+               "/proc", "/dev", "/sys", "/tmp")
+
+
+def private_dirs(python: str) -> tuple:
+    """The directories a sandboxed program must not see: every real top-level directory outside
+    SYSTEM_DIRS and the interpreter's own, plus shared memory and this project's checkout."""
+    keep = set(SYSTEM_DIRS) | {"/" + Path(os.path.realpath(python)).parts[1]}
+    top = sorted(str(p) for p in Path("/").iterdir() if p.is_dir() and not p.is_symlink())
+    project = str(Path(__file__).resolve().parents[1])
+    return tuple(p for p in top if p not in keep) + ("/dev/shm", project)
+
+
 @dataclass(frozen=True)
 class Limits:
     wall_s: float = 10.0             # wall-clock seconds for the whole program and its tests
@@ -69,8 +85,7 @@ class Limits:
     open_files: int = 64             # RLIMIT_NOFILE
     output_bytes: int = 65536        # stdout and stderr kept, each
     python: str = field(default_factory=_default_python)
-    hidden: tuple = ("/root", "/home", "/work", "/mnt", "/srv", "/var/tmp", "/dev/shm",
-                     "/run", "/opt")
+    hidden: tuple | None = None      # directories covered by empty tmpfs; None: private_dirs(python)
 
 
 @dataclass
@@ -130,7 +145,7 @@ def _isolate(workdir: str, files: dict[str, str], limits: Limits, uid: int | Non
         libc = _libc()
         _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare")
         _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
-        for path in limits.hidden:
+        for path in limits.hidden if limits.hidden is not None else private_dirs(limits.python):
             if os.path.isdir(path):
                 _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs",
                                   MS_NOSUID | MS_NODEV | MS_RDONLY, b"size=4k,mode=755"),

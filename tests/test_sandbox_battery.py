@@ -139,6 +139,24 @@ def test_syntax_error_and_empty_program():
 
 
 @pytest.mark.skipif(not _is_root(), reason="sandbox users exist only under root")
+@pytest.mark.skipif(not _is_root(), reason="needs the root sandbox (own filesystem view)")
+def test_a_checkout_at_an_unknown_top_level_directory_stays_hidden(tmp_path):
+    """CI clones under /check, users under /data or /scratch: hiding is a whitelist, not a list
+    of known places."""
+    secret_dir = Path(f"/rewardmill-checkout-{os.getpid()}")
+    secret_dir.mkdir()
+    try:
+        (secret_dir / "secret.txt").write_text("project-secret")
+        os.chmod(secret_dir, 0o755)
+        os.chmod(secret_dir / "secret.txt", 0o644)
+        result = run(f"print(open('{secret_dir}/secret.txt').read())", ["assert True"], LIMITS)
+        assert "project-secret" not in result.stdout
+        assert "FileNotFoundError" in result.stderr
+    finally:
+        (secret_dir / "secret.txt").unlink()
+        secret_dir.rmdir()
+
+
 def test_two_pools_on_one_host_never_share_a_user():
     first, second = SandboxPool(2), SandboxPool(2)
     assert len(set(first.uids) | set(second.uids)) == 4
