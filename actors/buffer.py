@@ -4,13 +4,104 @@
 for checkpoints); a strategy decides what is kept and what the next batch is. FIFO (on-policy)
 is the one here; RoRecomp, SCOPE, pairing and curricula are further strategies behind the
 same `add / next_batch / state_dict` methods.
+
+A `GroupFilter` decides which groups are worth training on (DAPO dynamic sampling, RLPR's
+std filter); the buffer sets the others aside and pads a batch with them only when the
+scheduler's sampling rounds run out.
 """
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 
 from core.records import Sample, groups_of
 from core.registry import lookup, register
+from rewards.self_rewards import StdFilter, reward_std
+
+
+# --- group filters -------------------------------------------------------------------------
+
+class KeepAll:
+    """No filter: every group is trained on."""
+
+    ema = None
+
+    def keep(self, group_rewards: list[list[float]], step: int) -> list[bool]:
+        return [True] * len(group_rewards)
+
+    def threshold(self, step: int) -> float | None:
+        return None
+
+    def update(self, step: int, group_rewards: list[list[float]]) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class DropUniform(KeepAll):
+    """DAPO dynamic sampling: a group whose rewards are all equal has zero advantage."""
+
+    def keep(self, group_rewards: list[list[float]], step: int) -> list[bool]:
+        return [len(set(rewards)) > 1 for rewards in group_rewards]
+
+
+GROUP_FILTER_RULES = {"none": KeepAll, "uniform": DropUniform, "std_ema": StdFilter}
+
+
+class GroupFilter:
+    """A keep/drop rule over groups, and the reward it reads (`source`: a reward source's
+    name, or None for the combined reward). `step` is the step's number as logged
+    (the first RL step is 1). The scheduler owns the filter and its state; the buffer only
+    calls `keep`, with a copy under Ray."""
+
+    def __init__(self, kind: str = "none", source: str | None = None, **rule_options):
+        self.kind, self.source = kind, source
+        self.rule = GROUP_FILTER_RULES[kind](**rule_options)
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def ema(self) -> float | None:
+        return self.rule.ema
+
+    def rewards_of(self, group: list[Sample]) -> list[float]:
+        return [s.reward if self.source is None else s.rewards[self.source] for s in group]
+
+    def keep(self, groups: list[list[Sample]], step: int) -> list[bool]:
+        return self.rule.keep([self.rewards_of(g) for g in groups], step)
+
+    def threshold(self, step: int) -> float | None:
+        return self.rule.threshold(step)
+
+    def update(self, step: int, group_rewards: list[list[float]]) -> None:
+        """Once per step, with the rewards of every group sampled in it (kept or not)."""
+        self.rule.update(step, group_rewards)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "rule": self.rule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["kind"] != self.kind:
+            raise ValueError(f"checkpointed group filter is {state['kind']!r}, "
+                             f"this run's is {self.kind!r}")
+        self.rule.load_state_dict(state["rule"])
+
+
+@dataclass
+class Added:
+    """What `ReplayBuffer.add` did with one share of samples."""
+    kept: list[str] = field(default_factory=list)      # group ids queued for training
+    dropped: list[str] = field(default_factory=list)   # group ids the filter set aside
+    group_rewards: list[list[float]] = field(default_factory=list)  # the measured rewards, every group
+
+
+# --- strategies ------------------------------------------------------------------------------
 
 
 @register("buffer", "fifo")
@@ -50,39 +141,48 @@ class ReplayBuffer:
         be when it is trained on (0 = strictly on-policy)."""
         self.strategy = lookup("buffer", strategy)(**strategy_options)
         self.max_staleness = max_staleness
-        self.uniform: list[list[Sample]] = []  # groups set aside by dynamic sampling
+        # groups a filter dropped this step, as (reward std, group): padding if rounds run out
+        self.set_aside: list[tuple[float, list[Sample]]] = []
         self.counters = {"added_groups": 0, "served_groups": 0, "dropped_stale_groups": 0,
-                         "dropped_uniform_groups": 0, "padded_uniform_groups": 0}
+                         "filtered_groups": 0, "padded_groups": 0}
 
-    def add(self, samples: list[Sample], drop_uniform: bool = False) -> int:
-        """Queue the samples' groups. With `drop_uniform` (DAPO dynamic sampling), groups
-        whose rewards are all equal carry no signal and are set aside instead."""
+    def add(self, samples: list[Sample], group_filter: GroupFilter | None = None,
+            step: int = 0) -> Added:
+        """Queue the samples' groups; those `group_filter` drops at `step` are set aside."""
         groups = groups_of(samples)
         self.counters["added_groups"] += len(groups)
-        if drop_uniform:
-            uniform = [g for g in groups if len({s.reward for s in g}) == 1]
-            groups = [g for g in groups if len({s.reward for s in g}) > 1]
-            self.uniform += uniform
-            self.counters["dropped_uniform_groups"] += len(uniform)
-        self.strategy.add(groups)
-        return len(self.strategy)
+        group_filter = group_filter or GroupFilter("none")
+        added = Added(group_rewards=[group_filter.rewards_of(g) for g in groups])
+        kept = []
+        for group, rewards, keep in zip(groups, added.group_rewards,
+                                        group_filter.keep(groups, step)):
+            if keep:
+                kept.append(group)
+                added.kept.append(group[0].group_id)
+            else:
+                self.set_aside.append((reward_std(rewards), group))
+                added.dropped.append(group[0].group_id)
+        self.strategy.add(kept)
+        self.counters["filtered_groups"] += len(added.dropped)
+        return added
 
     def next_batch(self, num_groups: int, current_version: int,
-                   pad_with_uniform: bool = True) -> list[Sample] | None:
+                   pad_with_set_aside: bool = True) -> list[Sample] | None:
         """`num_groups` whole groups, or None when too few fresh groups are waiting. With
-        `pad_with_uniform`, a shortfall is made up from groups set aside as uniform (they
-        have zero advantage under group baselines, so they only keep the batch's shape)."""
+        `pad_with_set_aside`, a shortfall is made up from the groups a filter dropped, widest
+        reward spread first (they carry the most signal of those; uniform ones have none)."""
         oldest = current_version - self.max_staleness
         self.counters["dropped_stale_groups"] += self.strategy.drop_if(
             lambda g: min(s.policy_version for s in g) < oldest)
         shortfall = num_groups - len(self.strategy)
         if shortfall > 0:
-            if not pad_with_uniform or shortfall > len(self.uniform):
+            if not pad_with_set_aside or shortfall > len(self.set_aside):
                 return None
-            self.strategy.add(self.uniform[:shortfall])
-            self.counters["padded_uniform_groups"] += shortfall
+            widest = sorted(self.set_aside, key=lambda pair: -pair[0])   # stable: ties by arrival
+            self.strategy.add([group for _, group in widest[:shortfall]])
+            self.counters["padded_groups"] += shortfall
         groups = self.strategy.take(num_groups)
-        self.uniform = []
+        self.set_aside = []
         self.counters["served_groups"] += len(groups)
         return [s for g in groups for s in g]
 
@@ -92,9 +192,15 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         return {"strategy": self.strategy.state_dict(), "counters": dict(self.counters),
-                "uniform": self.uniform}
+                "set_aside": self.set_aside}
 
     def load_state_dict(self, state: dict) -> None:
         self.strategy.load_state_dict(state["strategy"])
-        self.counters = dict(state["counters"])
-        self.uniform = state.get("uniform", [])
+        self.counters.update(_renamed_counters(state["counters"]))
+        # checkpoints before group filters held DAPO's uniform groups (spread 0) under "uniform"
+        self.set_aside = state.get("set_aside") or [(0.0, g) for g in state.get("uniform", [])]
+
+
+def _renamed_counters(counters: dict) -> dict:
+    old = {"dropped_uniform_groups": "filtered_groups", "padded_uniform_groups": "padded_groups"}
+    return {old.get(k, k): v for k, v in counters.items()}

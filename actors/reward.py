@@ -46,7 +46,7 @@ class RewardSource:
     timeout_s: float = 10.0         # wall seconds one call may take
     failure_value: float = 0.0      # score given when the call fails or times out
     granularity: str = "response"   # "response": one number; "step": one per sample.steps
-    step_reduce: str = "mean"       # step source's scalar: mean | min | sum | last of its steps
+    step_reduce: str = "mean"       # step source's scalar: mean | min | max | sum | last of its steps
     gate: dict | None = None        # {source: name, min: x}: counts only when that source >= x
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +65,7 @@ def weighted_sum(sample: Sample, sources: list[RewardSource]) -> float:
 SCOPES, PLACES = ("sample", "group", "batch"), ("reward", "policy")
 
 STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v: min(v, default=0.0),
-               "sum": sum, "last": lambda v: v[-1] if v else 0.0}
+               "max": lambda v: max(v, default=0.0), "sum": sum, "last": lambda v: v[-1] if v else 0.0}
 
 
 class RewardWorker:
@@ -116,7 +116,12 @@ class RewardWorker:
     def _new_pool(self) -> "DaemonPool":
         return DaemonPool(self.threads)
 
-    def score(self, samples: list[Sample]) -> list[Sample]:
+    def score(self, samples: list[Sample], learn: bool = True) -> list[Sample]:
+        """Score and combine. learn=False (held-out evaluation): sources that learn from what
+        they score (`learning` attribute, e.g. Cooper's RM) only score."""
+        for fn in self.functions.values():
+            if hasattr(fn, "learning"):
+                fn.learning = learn
         for source in self.mine:
             self._run_source(source, samples)
         if self.place == "reward":

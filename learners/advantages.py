@@ -15,6 +15,7 @@ import torch
 from core.records import Sample
 from core.registry import register
 from core.steps import step_values_to_tokens
+from rewards.self_rewards import laser_self_advantages
 
 
 @dataclass
@@ -338,3 +339,31 @@ def constrained(x: AdvantageInputs, constraints: dict, multipliers: dict | None 
         mixed = mixed + multipliers[name] * _grpo_scalar(source_scores(x, name), x.group,
                                                          norm_by_std, eps)
     return Advantages(broadcast(mixed, x.mask))
+
+
+# --- adjustments applied after any estimator -------------------------------------------------
+
+
+def laser_mix(x: AdvantageInputs, advantages: torch.Tensor, self_reward_source: str,
+              tau: float = 0.1, std_threshold: float = 0.1) -> tuple[torch.Tensor, float]:
+    """LaSeR advantage mixing (arXiv:2510.14943): per group, Â = (1 - tau) A + tau A_s, with
+    A the estimator's advantages [B, R] and A_s the group-normalised self-rewards of
+    `self_reward_source` (rewards/self_rewards.py laser_self_advantages: clamped to [0, 1],
+    truncated -> 0). A group whose self-rewards spread by no more than std_threshold keeps A
+    (the paper's "A_s = A_v"). Returns (mixed advantages, fraction of groups mixed).
+    LaSeR: tau 0.1, T 0.1, on GRPO advantages."""
+    self_rewards = source_scores(x, self_reward_source)
+    truncated = [s.truncated for s in x.samples]
+    self_adv = torch.zeros(len(x.samples))
+    mixed = torch.zeros(len(x.samples), dtype=torch.bool)
+    groups_mixed = 0
+    groups = x.group.unique()
+    for g in groups:
+        rows = (x.group == g).nonzero().flatten()
+        a_s = laser_self_advantages(self_rewards[rows].tolist(),
+                                    [truncated[i] for i in rows.tolist()], std_threshold)
+        if a_s is not None:
+            self_adv[rows], mixed[rows] = torch.tensor(a_s), True
+            groups_mixed += 1
+    blended = (1 - tau) * advantages + tau * broadcast(self_adv, x.mask)
+    return torch.where(mixed[:, None], blended, advantages), groups_mixed / max(len(groups), 1)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from core.registry import register
+from rewards.self_rewards import laser_self_reward
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -190,3 +191,26 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.maximum(loss, (clipped - returns) ** 2)
     return 0.5 * (weights * loss).sum()
+
+
+@dataclass
+class LaserLoss:
+    """LaSeR's auxiliary loss in the learner (arXiv:2510.14943; set from reward.laser and the
+    self-reward source's kwargs, see conf/reward/laser.yaml)."""
+
+    coef: float = 0.1               # alpha: weight of the MSE term in the loss (LaSeR: 0.1)
+    token: str = "<|vision_start|>"  # z_c, the text of the token read right after the response
+    beta_v: float = 0.1             # r_s = beta_v (log pi(z_c | x, y) - c_ref) (LaSeR: 0.1)
+    c_ref: float | None = None      # null: the rollout source's, recovered on the first batch
+    start_step: int = 0             # learner steps before the loss counts (reasoning warm-up)
+
+
+def laser_aux_loss(zc_logprobs: torch.Tensor, verifier: torch.Tensor, weights: torch.Tensor,
+                   c_ref: float, beta_v: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LaSeR's MSE between the self-reward r_s = beta_v (log pi(z_c | x, y) - c_ref) and the
+    verifier reward r_v, per response [b]: sum_i w_i (r_s,i - r_v,i)^2. The weights carry the
+    class balance, zero for excluded (truncated) responses and 1/N of the mini-batch, so the
+    micro-batches of all ranks add up to rewards/self_rewards.py laser_loss of the mini-batch.
+    Returns (loss, r_s)."""
+    self_rewards = laser_self_reward(zc_logprobs, c_ref, beta_v)
+    return (weights * (self_rewards - verifier) ** 2).sum(), self_rewards

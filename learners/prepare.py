@@ -5,14 +5,15 @@ what arrives here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from core.records import Batch, Sample
 from core.registry import lookup
-from learners.advantages import AdvantageInputs
-from learners.losses import aggregation_weights, kl_estimate
+from learners.advantages import AdvantageInputs, laser_mix
+from learners.losses import LaserLoss, aggregation_weights, kl_estimate
+from rewards.self_rewards import laser_balanced_weights
 
 
 @dataclass
@@ -30,6 +31,39 @@ class BatchRecipe:
     kl_estimator: str = "k1"
     step_rewards: dict = field(default_factory=dict)  # step source -> weight of its step
                                       # scores, given as rewards on each step's last token
+    laser: dict | None = None         # reward.laser (LaserOptions): LaSeR loss inputs and mixing
+
+
+@dataclass
+class LaserOptions:
+    """LaSeR training (arXiv:2510.14943): the `laser:` block of a reward config, where every
+    field is documented (conf/reward/laser.yaml)."""
+
+    self_reward_source: str = "self_verify"   # the fn: laser source that logs r_s
+    verifier_source: str = "correct"          # r_v, the 0/1 verifier reward
+    loss_coef: float = 0.1                    # alpha
+    balanced: bool = True                     # class-balanced MSE weights
+    reasoning_warmup_steps: int = 0           # steps before the loss counts
+    mix_coef: float = 0.1                     # tau; 0 turns mixing off
+    mix_std_threshold: float = 0.1            # T
+    self_rewarding_warmup_steps: int = 0      # further steps before mixing starts
+
+    @property
+    def mix_start_step(self) -> int:
+        return self.reasoning_warmup_steps + self.self_rewarding_warmup_steps
+
+
+def laser_loss_settings(laser: dict | None, sources: list[dict]) -> dict | None:
+    """The learner's LaserLoss settings from reward.laser, or None when it is absent. z_c,
+    beta_v and c_ref are read from the self-reward source's kwargs (its defaults when
+    unset), so the rollout side and the learner cannot disagree on them."""
+    if not laser:
+        return None
+    options = LaserOptions(**laser)
+    source = next(s for s in sources if s["name"] == options.self_reward_source)
+    scorer = lookup("reward", source["fn"])(**(source.get("kwargs") or {}))
+    return asdict(LaserLoss(coef=options.loss_coef, token=scorer.token, beta_v=scorer.beta_v,
+                            c_ref=scorer.c_ref, start_step=options.reasoning_warmup_steps))
 
 
 def group_index(samples: list[Sample]) -> torch.Tensor:
@@ -64,6 +98,11 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
                              group_index(samples), sampled, token_rewards, samples,
                              annotations.get("values"))
     out = lookup("advantage", recipe.estimator)(inputs, **recipe.estimator_options)
+    laser = LaserOptions(**recipe.laser) if recipe.laser else None
+    if laser and laser_mixing_on(laser, samples):
+        out.advantages, metrics["laser_mixed_groups"] = laser_mix(
+            inputs, out.advantages, laser.self_reward_source, laser.mix_coef,
+            laser.mix_std_threshold)
     mask = batch.response_mask
     if out.keep is not None:
         mask *= out.keep[:, None].float()
@@ -75,6 +114,8 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
                         seq_rewards=inputs.rewards, group=inputs.group.float())
     if "ref_logprobs" in annotations:
         batch.extras["ref_logprobs"] = annotations["ref_logprobs"]
+    if laser:
+        batch.extras.update(laser_loss_inputs(samples, laser, recipe))
     if out.returns is not None:
         batch.extras.update(returns=out.returns, old_values=annotations["values"],
                             value_weights=token_weights)
@@ -83,6 +124,44 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
     metrics["advantage_abs_mean"] = float(advantages.abs().sum() / trained)
     metrics["trained_token_fraction"] = float(mask.sum() / sampled.sum().clamp(min=1))
     return batch, metrics
+
+
+def laser_mixing_on(laser: LaserOptions, samples: list[Sample]) -> bool:
+    """Mixing starts once every sample comes from a policy trained for both warm-ups (the
+    policy version that sampled it counts the learner steps taken, as LaSeR's global step)."""
+    return laser.mix_coef > 0 and min(s.policy_version for s in samples) >= laser.mix_start_step
+
+
+def laser_loss_inputs(samples: list[Sample], laser: LaserOptions,
+                      recipe: BatchRecipe) -> dict[str, torch.Tensor]:
+    """[B] inputs of the learner's LaSeR loss: the verifier reward r_v, the rollout's
+    self-reward r_s (with `laser_anchor` 1 where that source did not fail; the learner
+    recovers c_ref from them), and weights computed per global mini-batch so micro-batches
+    and ranks add up: `laser_loss_weights` = balanced weight / mini-batch size (laser_loss's
+    mean over every sample), `laser_count_weights` = 1 / responses counted, for metrics.
+    Truncated responses are left out (LaSeR), and flagged ones too when
+    reward.exclude_flagged_from_loss (their r_v may be a failure value)."""
+    def scores(source):
+        try:
+            return [float(s.rewards[source]) for s in samples]
+        except KeyError:
+            raise KeyError(f"reward.laser names source {source!r}, which the samples lack: "
+                           "add it to reward.sources") from None
+    verifier = scores(laser.verifier_source)
+    excluded = [s.truncated or (recipe.exclude_flagged and s.flagged) for s in samples]
+    loss_weights, count_weights = torch.zeros(len(samples)), torch.zeros(len(samples))
+    for start in range(0, len(samples), recipe.mini_batch_size):
+        rows = slice(start, start + recipe.mini_batch_size)
+        r_v, out = verifier[rows], excluded[rows]
+        w = laser_balanced_weights(r_v, out) if laser.balanced else [float(not e) for e in out]
+        loss_weights[rows] = torch.tensor(w) / len(r_v)
+        kept = torch.tensor([float(not e) for e in out])
+        count_weights[rows] = kept / kept.sum().clamp(min=1)
+    return {"laser_verifier": torch.tensor(verifier),
+            "laser_rollout_self_reward": torch.tensor(scores(laser.self_reward_source)),
+            "laser_anchor": torch.tensor([float(laser.self_reward_source not in s.flags)
+                                          for s in samples]),
+            "laser_loss_weights": loss_weights, "laser_count_weights": count_weights}
 
 
 def per_mini_batch(mask: torch.Tensor, recipe: BatchRecipe, mode: str) -> torch.Tensor:

@@ -7,6 +7,8 @@ policy loss (learners/losses.py) and minimises, over each global mini-batch,
     loss + kl_coef * sum(w * KL) - entropy_coef * sum(w * entropy).
 The loss weights sum over the whole mini-batch, so rank r sums its own rows and FSDP's
 gradient averaging is undone by scaling with the world size: 1 and N ranks take the same step.
+With LaSeR (`laser` settings) the same forward pass also reads log pi(z_c | x, y) right after
+each response and adds alpha * MSE(r_s, r_v) (learners/losses.py laser_aux_loss).
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from core.models import copy_tokenizer, load_policy, load_reward_model
+from core.models import copy_tokenizer, load_policy, load_reward_model, load_tokenizer
 from core.net import node_address
 from core.records import Batch
 from core.registry import lookup
-from learners.losses import (LossInputs, entropy_from_logits, kl_estimate, loss_needs,
-                             mean_log_softmax, value_loss)
+from learners.losses import (LaserLoss, LossInputs, entropy_from_logits, kl_estimate,
+                             laser_aux_loss, loss_needs, mean_log_softmax, value_loss)
 from learners.preference import bradley_terry_loss, dpo_loss, simpo_loss
 
 # HF heads return a slice of their output; nothing here modifies it in place.
@@ -60,6 +62,7 @@ class LearnerSettings:
     strategy: str = "fsdp2"        # "fsdp2", or "none": one rank, no sharding
     threads: int = 0               # torch intra-op threads on CPU; 0 leaves torch's default
     dtype: str = "float32"         # "bfloat16": FSDP2 computes in bf16, keeps fp32 master weights
+    laser: dict | None = None      # LaSeR auxiliary loss (learners/losses.py LaserLoss); None = off
 
 
 class LearnerWorker:
@@ -72,6 +75,8 @@ class LearnerWorker:
         self.model_path = model_path
         self.use_reference = use_reference
         self.loss_fn = lookup("loss", self.s.loss)
+        self.laser = LaserLoss(**self.s.laser) if self.s.laser else None
+        self.laser_c_ref = self.laser.c_ref if self.laser else None
         self.version = 0
         if self.s.threads:
             torch.set_num_threads(self.s.threads)
@@ -103,6 +108,8 @@ class LearnerWorker:
             self.critic = self._sharded(_load_critic(self.model_path))
             self.critic_optimizer, self.critic_scheduler = self._optimizer(self.critic,
                                                                            self.s.critic_lr)
+        if self.laser:
+            self.laser_token_id = _token_id(self.model_path, self.laser.token)
         return self.rank
 
     def _optimizer(self, model, lr):
@@ -126,12 +133,19 @@ class LearnerWorker:
 
     # --- forward passes ------------------------------------------------------------------
 
-    def _logits(self, model, mb: Batch) -> torch.Tensor:
-        """Logits (divided by the sampling temperature) that predict each response token."""
+    def _logits(self, model, mb: Batch, after_response: bool = False):
+        """Logits (divided by the sampling temperature) that predict each response token.
+        With `after_response`, also the raw logits [b, V] at each row's last response token,
+        which predict the token after the response (LaSeR's z_c): no extra position needed."""
         out = model(input_ids=mb.input_ids.to(self.device),
                     attention_mask=mb.attention_mask.to(self.device),
                     position_ids=mb.position_ids.to(self.device), use_cache=False)
-        return out.logits[:, mb.prompt_len - 1:-1].float() / self.s.temperature
+        logits = out.logits[:, mb.prompt_len - 1:-1].float() / self.s.temperature
+        if not after_response:
+            return logits
+        last = (mb.prompt_len + mb.attention_mask[:, mb.prompt_len:].sum(1) - 1).to(self.device)
+        rows = torch.arange(len(mb), device=self.device)
+        return logits, out.logits[rows, last].float()
 
     def _scores(self, mb: Batch) -> torch.Tensor:
         """A reward model's score of each row (read at its last real token)."""
@@ -209,6 +223,8 @@ class LearnerWorker:
         when a critic is trained.
         """
         M = self.s.mini_batch_size
+        if self.laser and self.laser_c_ref is None:
+            self.laser_c_ref = self._recover_c_ref(self._my_rows(batch))
         minis = [self._my_rows(batch.select(slice(i, i + M))) for i in range(0, len(batch), M)]
         mismatch = torch.zeros(2)  # sum |learner - sampler| log-prob over sampled tokens, count
         for mb in minis:
@@ -227,7 +243,27 @@ class LearnerWorker:
         if mismatch[1] > 0:
             # Same weights, so any gap is the sampler and the learner computing differently.
             metrics["logprob_mismatch"] = float(mismatch[0] / mismatch[1])
+        if self.laser_c_ref is not None:
+            metrics["laser_c_ref"] = self.laser_c_ref
         return metrics
+
+    @torch.no_grad()
+    def _recover_c_ref(self, rows: Batch) -> float | None:
+        """The c_ref the rollout-side LaSeR source used (kwargs c_ref: null measures it):
+        each sample's log pi(z_c) minus its logged r_s / beta_v, averaged over the batch.
+        Exact while the learner holds the weights that sampled the batch, as on the first
+        step; then kept (and checkpointed), as the paper keeps c_ref constant. None when the
+        source failed on every sample (tried again next step)."""
+        total = torch.zeros(2, dtype=torch.float64)
+        for mb in self._micro_batches(rows):
+            _, after = self._logits(self.model, mb, after_response=True)
+            zc = torch.log_softmax(after, -1)[:, self.laser_token_id].cpu().double()
+            implied = zc - mb.extras["laser_rollout_self_reward"].double() / self.laser.beta_v
+            anchor = mb.extras["laser_anchor"].double()
+            total += torch.stack([(implied * anchor).sum(), anchor.sum()])
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else None
 
     def _prepare_old(self, mb: Batch) -> torch.Tensor:
         """pi_old (and what the loss needs of it) for one mini-batch, before any update.
@@ -257,9 +293,12 @@ class LearnerWorker:
         sums: dict[str, float] = {}
         micros = self._micro_batches(rows)
         needs_mls = "mean_logsoftmax" in loss_needs(self.loss_fn)
+        with_laser = self.laser is not None and self.laser_c_ref is not None
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
-            logits = self._logits(self.model, mb)
+            logits = self._logits(self.model, mb, after_response=with_laser)
+            if with_laser:
+                logits, after = logits
             logprobs = self._token_logprobs(logits, mb)
             entropy = entropy_from_logits(logits)
             x = {name: v.to(self.device) for name, v in mb.extras.items()}
@@ -283,11 +322,28 @@ class LearnerWorker:
                 stats["value_loss"] = value_loss(self._values(mb), x["old_values"], x["returns"],
                                                  x["value_weights"], self.s.value_clip)
                 loss = loss + stats["value_loss"]
+            if with_laser:
+                aux, laser_stats = self._laser_term(after, x)
+                stats.update(laser_stats)
+                if self.version >= self.laser.start_step:   # after the reasoning warm-up
+                    loss = loss + self.laser.coef * aux
             stats["loss"] = loss
             (loss * self.world_size).backward()
             for name, v in stats.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
         return sums
+
+    def _laser_term(self, after: torch.Tensor, x: dict) -> tuple[torch.Tensor, dict]:
+        """LaSeR's MSE for one micro-batch (with gradient) and its monitored sums: the MSE,
+        the mean r_s, and the self-verification accuracy 1[r_s > 0.5] == 1[r_v >= 0.5] over
+        the responses the loss counts (LaSeR reads r_s > 0.5 as "correct")."""
+        zc = torch.log_softmax(after, -1)[:, self.laser_token_id]
+        aux, self_rewards = laser_aux_loss(zc, x["laser_verifier"], x["laser_loss_weights"],
+                                           self.laser_c_ref, self.laser.beta_v)
+        counted, r_s = x["laser_count_weights"], self_rewards.detach()
+        agree = ((r_s > 0.5) == (x["laser_verifier"] >= 0.5)).float()
+        return aux, {"laser_loss": aux, "laser_self_reward": (counted * r_s).sum(),
+                     "laser_accuracy": (counted * agree).sum()}
 
     def _sync_gradients(self, sync: bool) -> None:
         for model in (self.model, self.critic):
@@ -401,7 +457,8 @@ class LearnerWorker:
             self._save_model(self.critic, self.critic_optimizer, self.critic_scheduler,
                              folder / "critic", tokenizer_path)
         if self.rank == 0:
-            (folder / "learner_state.json").write_text(json.dumps({"version": self.version}))
+            (folder / "learner_state.json").write_text(json.dumps(
+                {"version": self.version, "laser_c_ref": self.laser_c_ref}))
         if self.world_size > 1:
             dist.barrier()
 
@@ -426,7 +483,10 @@ class LearnerWorker:
         rng = folder / f"rng_rank{self.rank}.pt"
         if rng.exists():  # absent when resuming with more ranks than were saved
             _set_rng_state(torch.load(rng, weights_only=False))
-        self.version = json.loads((folder / "learner_state.json").read_text())["version"]
+        state = json.loads((folder / "learner_state.json").read_text())
+        self.version = state["version"]
+        if self.laser and self.laser.c_ref is None:   # the recovered c_ref, kept constant
+            self.laser_c_ref = state.get("laser_c_ref")
         return self.version
 
     @staticmethod
@@ -461,6 +521,16 @@ def _load_critic(path) -> torch.nn.Module:
             for param in critic.score.parameters():
                 param.zero_()
     return critic
+
+
+def _token_id(model_path: str, token: str) -> int:
+    """The id of a single-token string in the policy's vocabulary (LaSeR's z_c)."""
+    tokenizer = load_tokenizer(model_path)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError(f"LaSeR token {token!r} is not in the tokenizer's vocabulary; set the "
+                         "self-reward source's kwargs.token to an unused token of this model")
+    return token_id
 
 
 def _rng_state() -> dict:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.registry import lookup
 from learners.losses import AGGREGATIONS, loss_needs
+from tasks.toy_code import ToyCode
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ def _check_algorithm(cfg: DictConfig, group: int) -> None:
     _number_in(cfg, f"{a}.kl_coef", 0, float("inf"))
     _number_in(cfg, f"{a}.kl_in_reward_coef", 0, float("inf"))
     _int_at_least(cfg, f"{a}.max_sampling_rounds", 1)
+    _check_group_filter(cfg, group)
     _check(group >= 2 or cfg.algorithm.estimator not in GROUP_ESTIMATORS,
            "rollout.responses_per_prompt", group,
            f"estimator {cfg.algorithm.estimator} compares responses within a group: need >= 2")
@@ -83,6 +85,92 @@ def _check_algorithm(cfg: DictConfig, group: int) -> None:
                            ("learner.mini_batch_size / learner.num_ranks", per_rank)):
             _check(value % group == 0, key, value, f"loss {cfg.algorithm.loss} needs whole groups "
                    f"per micro-batch: a multiple of rollout.responses_per_prompt={group}")
+
+
+def _check_toy_code(cfg: DictConfig) -> None:
+    _check(OmegaConf.select(cfg, "data.toy_code") is not None, "data.source", "toy_code",
+           "the code task's settings are missing: select it with data=toy_code")
+    _check(not cfg.data.toy.twin_views, "data.toy.twin_views", cfg.data.toy.twin_views,
+           "twin views rephrase addition prompts only; set it false with data=toy_code")
+    try:
+        ToyCode(**OmegaConf.to_container(cfg.data.toy_code))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config data.toy_code: {err}") from None
+
+
+def _check_group_filter(cfg: DictConfig, group: int) -> None:
+    """algorithm.group_filter (and the older algorithm.dynamic_sampling switch)."""
+    key, f = "algorithm.group_filter", cfg.algorithm.group_filter
+    kind = _one_of(cfg, f"{key}.kind", ("none", "uniform", "std_ema"))
+    switch = cfg.algorithm.dynamic_sampling
+    _check(switch in (None, True, False), "algorithm.dynamic_sampling", switch,
+           "choose true, false or null (null: algorithm.group_filter.kind decides)")
+    _check(switch is None or kind in ("none", "uniform"), "algorithm.dynamic_sampling", switch,
+           f"conflicts with {key}.kind={kind}: drop algorithm.dynamic_sampling "
+           f"(it is the older name of {key}.kind=uniform)")
+    if switch is not None:
+        kind = "uniform" if switch else "none"
+    if kind == "none":
+        return
+    _check(group >= 2, "rollout.responses_per_prompt", group,
+           f"{key}.kind={kind} compares the rewards within a group: need >= 2")
+    names = [s.get("name") for s in cfg.reward.sources or []]
+    _check(f.source is None or f.source in names, f"{key}.source", f.source,
+           f"must be null (the combined reward) or name a reward source: one of {names}")
+    if kind != "std_ema":
+        return
+    _number_in(cfg, f"{key}.beta", 0, float("inf"))
+    _number_in(cfg, f"{key}.ema_ratio", 0, 1)
+    start = _int_at_least(cfg, f"{key}.ema_start_step", 1)
+    _check(_int_at_least(cfg, f"{key}.filter_start_step", 1) > start,
+           f"{key}.filter_start_step", f.filter_start_step,
+           f"must be greater than {key}.ema_start_step={start}: the EMA needs at least one "
+           f"step's mean std before the first filtering step")
+
+
+def _check_laser(cfg: DictConfig, group: int) -> None:
+    """reward.laser (LaSeR training, conf/reward/laser.yaml): named sources exist and are of the
+    right kind, coefficients are in range, and every rollout worker shares one c_ref."""
+    from learners.prepare import LaserOptions
+    key, block = "reward.laser", OmegaConf.select(cfg, "reward.laser")
+    if block is None:
+        return
+    try:
+        LaserOptions(**OmegaConf.to_container(block))
+    except TypeError as err:
+        raise ConfigError(f"config {key}: {err}; its fields are listed in "
+                          "conf/reward/laser.yaml") from None
+    sources = {s.name: (i, s) for i, s in enumerate(cfg.reward.sources)}
+    name = _get(cfg, f"{key}.self_reward_source")
+    _check(name in sources, f"{key}.self_reward_source", name,
+           f"must name the LaSeR reward source (fn: laser): one of {list(sources)}")
+    i, src = sources[name]
+    scorer_cls = lookup("reward", src.fn)
+    _check(isinstance(scorer_cls, type) and issubclass(scorer_cls, lookup("reward", "laser")),
+           f"{key}.self_reward_source", name,
+           f"reward source {name!r} has fn={src.fn!r}; it must be a LaSeR source (fn: laser)")
+    verifier = _get(cfg, f"{key}.verifier_source")
+    _check(verifier in sources and verifier != name, f"{key}.verifier_source", verifier,
+           f"must name the verifier reward source (0/1), one of {[n for n in sources if n != name]}")
+    _number_in(cfg, f"{key}.loss_coef", 0, float("inf"))
+    _check(isinstance(block.balanced, bool), f"{key}.balanced", block.balanced, "choose true or false")
+    _int_at_least(cfg, f"{key}.reasoning_warmup_steps", 0)
+    tau = _number_in(cfg, f"{key}.mix_coef", 0, 1)
+    _number_in(cfg, f"{key}.mix_std_threshold", 0, float("inf"))
+    _int_at_least(cfg, f"{key}.self_rewarding_warmup_steps", 0)
+    _check(tau == 0 or group >= 2, "rollout.responses_per_prompt", group,
+           f"{key}.mix_coef={tau} normalises self-rewards within a group: need >= 2 responses, "
+           f"or set {key}.mix_coef=0")
+    kwargs = f"reward.sources[{i}].kwargs"
+    try:
+        scorer = scorer_cls(**OmegaConf.to_container(src.get("kwargs") or {}))
+    except TypeError as err:
+        raise ConfigError(f"config {kwargs}: {err}") from None
+    _check(isinstance(scorer.beta_v, (int, float)) and scorer.beta_v > 0, f"{kwargs}.beta_v",
+           scorer.beta_v, "must be a number > 0 (the scale of the self-reward; LaSeR: 0.1)")
+    _check(scorer.c_ref is not None or cfg.rollout.num_workers == 1, f"{kwargs}.c_ref", None,
+           f"with rollout.num_workers={cfg.rollout.num_workers} each worker would measure its "
+           "own c_ref; give a number (a one-worker run logs the measured one as train/laser_c_ref)")
 
 
 GROUP_ESTIMATORS = ("grpo", "rloo", "lite_ppo", "weighted_grpo", "fapo", "grpo_s", "rover",
@@ -158,15 +246,18 @@ def validate(cfg: DictConfig) -> None:
     except KeyError as err:
         raise ConfigError(f"config reward.combine={cfg.reward.combine!r}: {err.args[0]}") from None
     _int_at_least(cfg, "reward.num_workers", 1)
+    _check_laser(cfg, group)
 
-    source = _one_of(cfg, "data.source", ("toy", "file"))
+    source = _one_of(cfg, "data.source", ("toy", "toy_code", "file"))
     if source == "file":
         _check(bool(cfg.data.file.train_path), "data.file.train_path", cfg.data.file.train_path,
                "data.source=file needs a JSONL or Parquet file")
+    if source == "toy_code":
+        _check_toy_code(cfg)
     _one_of(cfg, "data.file.on_bad_row", ("skip", "error"))
     sft_steps = _int_at_least(cfg, "warm_start.steps", 0)
     if sft_steps:
-        _check(source == "toy" or bool(cfg.data.file.solution_field), "warm_start.steps",
+        _check(source != "file" or bool(cfg.data.file.solution_field), "warm_start.steps",
                sft_steps, "a warm start needs worked solutions: set data.file.solution_field "
                "or warm_start.steps=0")
         sft_batch = _int_at_least(cfg, "warm_start.batch_size", 1)

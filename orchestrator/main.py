@@ -15,6 +15,7 @@ from core.models import build_tiny_policy, load_tokenizer
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.cluster import Cluster
 from orchestrator.config import ConfigError, validate
+from orchestrator.judge_server import start_judge
 from orchestrator.learner_group import LearnerGroup
 from orchestrator.metrics import MetricsSink, read_history
 from orchestrator.pipeline import Pipeline
@@ -36,7 +37,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = prepare_run_dir(cfg)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
     cluster = Cluster(cfg.cluster.mode, cfg.cluster.address, cfg.cluster.num_cpus or needed_cpus(cfg))
-    learner = pipeline = sink = None
+    learner = pipeline = sink = judge = None
     try:
         base = base_model(cfg)
         tokenizer = load_tokenizer(base)
@@ -51,6 +52,7 @@ def run(cfg: DictConfig) -> dict:
             else:
                 log.info("warm start: reusing %s", policy)
         ensure_reward_models(cfg, cluster, policy)
+        judge = start_judge(cfg, policy, base)
         learner = LearnerGroup(cluster, policy, settings, cfg.learner.num_ranks,
                                use_reference=uses_reference(cfg),
                                num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
@@ -69,6 +71,8 @@ def run(cfg: DictConfig) -> dict:
             pipeline.shutdown()
         if learner:
             learner.shutdown()
+        if judge:
+            judge.stop()
         cluster.shutdown()
     return summary
 
@@ -102,13 +106,23 @@ def base_model(cfg) -> str:
     return str(build_tiny_policy(Path(cfg.cache_dir) / f"tiny-{digest}", arch, cfg.seed))
 
 
-def datasets(cfg, tokenizer):
-    """(RL prompts, SFT examples, held-out prompts) from the toy generator or the user's files."""
+def toy_task(cfg):
+    """The generator of data.source: toy (addition) or toy_code (fit a line in Python)."""
     d = cfg.data
-    if d.source == "toy":
-        task = ToyArithmetic(d.toy.min_digits, d.toy.max_digits, d.toy.operands, seed=cfg.seed)
+    if d.source == "toy_code":
+        from tasks.toy_code import ToyCode
+        return ToyCode(**OmegaConf.to_container(d.toy_code), seed=cfg.seed)
+    return ToyArithmetic(d.toy.min_digits, d.toy.max_digits, d.toy.operands, seed=cfg.seed)
+
+
+def datasets(cfg, tokenizer):
+    """(RL prompts, SFT examples, held-out prompts) from a toy generator or the user's files."""
+    d = cfg.data
+    if d.source in ("toy", "toy_code"):
+        task = toy_task(cfg)
         held_out = ToyDataset(task, "test", cfg.eval.num_prompts)
-        return (ToyDataset(task, "train", twin_views=d.toy.twin_views), ToyDataset(task, "sft"),
+        twins = d.source == "toy" and d.toy.twin_views   # rephrased twins exist for addition only
+        return (ToyDataset(task, "train", twin_views=twins), ToyDataset(task, "sft"),
                 [held_out[i] for i in range(len(held_out))])
 
     def read(path):
@@ -135,13 +149,17 @@ def learner_settings_common(cfg) -> dict:
 
 
 def learner_settings(cfg) -> dict:
+    from learners.prepare import laser_loss_settings   # LaSeR's loss, when reward.laser is set
     a = cfg.algorithm
+    laser = OmegaConf.select(cfg, "reward.laser")
     return dict(**learner_settings_common(cfg), loss=a.loss,
                 loss_options=OmegaConf.to_container(a.loss_options), kl_coef=a.kl_coef,
                 kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
                 recompute_old_logprobs=a.recompute_old_logprobs, tis_cap=a.tis_cap,
                 critic=a.critic.enabled, critic_lr=a.critic.lr, value_clip=a.critic.value_clip,
-                temperature=cfg.rollout.temperature)
+                temperature=cfg.rollout.temperature,
+                laser=None if laser is None else laser_loss_settings(
+                    OmegaConf.to_container(laser), OmegaConf.to_container(cfg.reward.sources)))
 
 
 def uses_reference(cfg) -> bool:

@@ -4,7 +4,7 @@ so under Ray it goes from actor to actor without a detour through the driver.
 """
 from __future__ import annotations
 
-from actors.buffer import ReplayBuffer
+from actors.buffer import Added, GroupFilter, ReplayBuffer
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
 from core.records import Prompt, Sample, SamplingParams
@@ -50,18 +50,23 @@ class Pipeline:
                 futures.append(worker.call("generate", share, worker_sampling, tag))
         return futures
 
-    def annotate(self, sample_futures: list) -> list:
-        """Score each worker's samples on a reward worker (whole groups stay together)."""
-        return [self.rewarders[k % len(self.rewarders)].call("score", f)
+    def annotate(self, sample_futures: list, learn: bool = True) -> list:
+        """Score each worker's samples on a reward worker (whole groups stay together);
+        learn=False for held-out samples, which co-trained reward models must not learn from."""
+        return [self.rewarders[k % len(self.rewarders)].call("score", f, learn)
                 for k, f in enumerate(sample_futures)]
 
-    def to_buffer(self, scored_futures: list, drop_uniform: bool = False) -> None:
-        self.cluster.get([self.buffer.call("add", f, drop_uniform) for f in scored_futures])
+    def to_buffer(self, scored_futures: list, group_filter: GroupFilter | None = None,
+                  step: int = 0) -> list[Added]:
+        """Queue the scored samples; `group_filter` (at step number `step`) sets groups aside.
+        One `Added` report per future: kept and dropped group ids, every group's rewards."""
+        return self.cluster.get([self.buffer.call("add", f, group_filter, step)
+                                 for f in scored_futures])
 
     def next_batch(self, num_groups: int, version: int,
-                   pad_with_uniform: bool = True) -> list[Sample] | None:
+                   pad_with_set_aside: bool = True) -> list[Sample] | None:
         return self.cluster.get(self.buffer.call("next_batch", num_groups, version,
-                                                 pad_with_uniform))
+                                                 pad_with_set_aside))
 
     def sync_weights(self, version: int) -> None:
         """Publish the learner's current weights to every rollout worker."""

@@ -12,6 +12,7 @@ import zlib
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from actors.buffer import Added, GroupFilter
 from actors.reward import reward_metrics
 from core.records import Batch, Prompt, Sample, SamplingParams
 from core.registry import lookup
@@ -20,7 +21,7 @@ from learners.prepare import BatchRecipe, build_train_batch
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.metrics import MetricsSink, PhaseTimer
 from orchestrator.pipeline import Pipeline
-from rewards.self_rewards import LagrangeMultipliers
+from rewards.self_rewards import LagrangeMultipliers, reward_std
 
 log = logging.getLogger("rewardmill")
 
@@ -42,6 +43,7 @@ class Scheduler:
             opts = self.recipe.estimator_options
             self.lagrange = LagrangeMultipliers(opts["constraints"], seed=cfg.seed,
                                                 **opts.get("multiplier") or {})
+        self.group_filter = group_filter_of(cfg.algorithm)   # DAPO / RLPR: which groups to train on
         self.step = 0
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
 
@@ -69,25 +71,8 @@ class Scheduler:
                             step_s=f"{metrics['time/step']:.2f}")
 
     def train_step(self, step: int) -> dict:
-        cfg, algo, timer, start = self.cfg, self.cfg.algorithm, PhaseTimer(), time.perf_counter()
-        samples, rounds = None, 0
-        while samples is None:  # several rounds only with dynamic sampling (DAPO)
-            rounds += 1
-            with timer("rollout"):
-                futures = self.pipe.generate(self.prompts.next(cfg.data.prompts_per_step),
-                                             self.sampling(step, rounds), tag=f"{step}.{rounds}/")
-                self.pipe.wait(futures)
-            with timer("reward"):
-                futures = self.pipe.annotate(futures)
-                self.pipe.wait(futures)
-            with timer("buffer"):
-                self.pipe.to_buffer(futures, drop_uniform=algo.dynamic_sampling)
-                last_round = not algo.dynamic_sampling or rounds >= algo.max_sampling_rounds
-                samples = self.pipe.next_batch(self.groups_per_step, version=step,
-                                               pad_with_uniform=last_round)
-            if samples is None and last_round:
-                raise RuntimeError(f"step {step}: the buffer could not fill a batch of "
-                                   f"{self.groups_per_step} groups")
+        algo, timer, start = self.cfg.algorithm, PhaseTimer(), time.perf_counter()
+        samples, rounds, added = self.sample_batch(step, timer)
         if algo.greedy_baseline:
             with timer("baseline"):
                 self.add_greedy_baseline(samples)
@@ -110,8 +95,9 @@ class Scheduler:
                    **rollout_metrics(samples, learner_version=step),
                    **{f"advantage/{k}": v for k, v in prepared.items()},
                    **{f"train/{k}": v for k, v in train.items()}}
-        if algo.dynamic_sampling:
+        if self.group_filter.active:
             metrics["rollout/sampling_rounds"] = rounds
+            metrics.update(self.update_group_filter(step, added, samples))
         if self.lagrange:
             metrics.update(self.update_multipliers(samples))
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
@@ -126,6 +112,51 @@ class Scheduler:
         self.lagrange.update(means)
         return {f"lagrange/{n}": used[n] for n in used} | {
             f"lagrange/{n}_minus_threshold": means[n] - self.lagrange.thresholds[n] for n in means}
+
+    def sample_batch(self, step: int, timer: PhaseTimer) -> tuple[list[Sample], int, list[Added]]:
+        """Rollout rounds until the buffer serves a full batch: one round, or with a group
+        filter (DAPO, RLPR) up to max_sampling_rounds, the last padding with dropped groups.
+        Returns the batch, the rounds it took and what the buffer did with each share."""
+        samples, rounds, added = None, 0, []
+        while samples is None:
+            rounds += 1
+            with timer("rollout"):
+                futures = self.pipe.generate(self.prompts.next(self.cfg.data.prompts_per_step),
+                                             self.sampling(step, rounds), tag=f"{step}.{rounds}/")
+                self.pipe.wait(futures)
+            with timer("reward"):
+                futures = self.pipe.annotate(futures)
+                self.pipe.wait(futures)
+            with timer("buffer"):
+                added += self.pipe.to_buffer(futures, self.group_filter, filter_step(step))
+                last_round = (not self.group_filter.active
+                              or rounds >= self.cfg.algorithm.max_sampling_rounds)
+                samples = self.pipe.next_batch(self.groups_per_step, version=step,
+                                               pad_with_set_aside=last_round)
+            if samples is None and last_round:
+                raise RuntimeError(f"step {step}: the buffer could not fill a batch of "
+                                   f"{self.groups_per_step} groups")
+        return samples, rounds, added
+
+    def update_group_filter(self, step: int, added: list[Added], served: list[Sample]) -> dict:
+        """Feed the filter every group sampled in this step (kept or dropped, all rounds)
+        once; its metrics: the threshold it applied, its EMA after the update, group counts."""
+        number = filter_step(step)
+        threshold = self.group_filter.threshold(number)
+        group_rewards = [r for a in added for r in a.group_rewards]
+        self.group_filter.update(number, group_rewards)
+        dropped = {gid for a in added for gid in a.dropped}
+        stds = [reward_std(r) for r in group_rewards if len(r) > 1]
+        metrics = {"filter/kept_groups": float(sum(len(a.kept) for a in added)),
+                   "filter/dropped_groups": float(len(dropped)),
+                   # dropped groups that filled the batch when the sampling rounds ran out
+                   "filter/padded_groups": float(len({s.group_id for s in served} & dropped)),
+                   "filter/mean_std": sum(stds) / len(stds) if stds else 0.0}
+        if threshold is not None:
+            metrics["filter/threshold"] = threshold
+        if self.group_filter.ema is not None:
+            metrics["filter/ema"] = self.group_filter.ema
+        return metrics
 
     @staticmethod
     def annotation_needs_of(recipe: BatchRecipe) -> list[str]:
@@ -151,7 +182,7 @@ class Scheduler:
     def greedy_scored(self, prompts: list[Prompt], tag: str) -> list[Sample]:
         """Greedy responses to `prompts`, scored by the reward sources."""
         greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cfg.eval.max_new_tokens)
-        futures = self.pipe.annotate(self.pipe.generate(prompts, greedy, tag=tag))
+        futures = self.pipe.annotate(self.pipe.generate(prompts, greedy, tag=tag), learn=False)
         return [s for part in self.pipe.cluster.get(futures) for s in part]
 
     # --- evaluation --------------------------------------------------------------------------
@@ -190,6 +221,8 @@ class Scheduler:
         components = self.pipe.components_state()
         if self.lagrange:
             components["lagrange"] = self.lagrange.state_dict()
+        if self.group_filter.active:
+            components["group_filter"] = self.group_filter.state_dict()
         self.checkpoints.commit(tmp, state, buffer_state, components)
 
     def restore(self, folder) -> None:
@@ -197,6 +230,7 @@ class Scheduler:
         self.pipe.load_components_state(components)
         if self.lagrange:
             self.lagrange.load_state_dict(components["lagrange"])
+        self.restore_group_filter(components.get("group_filter"), folder)
         version = self.pipe.learner.run("load", str(folder / "policy"))[0]
         self.pipe.sync_weights(version)
         self.pipe.cluster.get(self.pipe.buffer.call("load_state_dict", buffer_state))
@@ -204,6 +238,32 @@ class Scheduler:
         self.step = state["step"]
         self.evals = {int(k): v for k, v in state["evals"].items()}
         log.info("resumed from %s at step %d", folder, self.step)
+
+    def restore_group_filter(self, state: dict | None, folder) -> None:
+        if not self.group_filter.active:
+            return
+        kind = self.group_filter.kind
+        if state is None or state["kind"] != kind:   # the filter was switched on mid-run
+            log.warning("%s holds no state of a %s group filter: it starts afresh", folder, kind)
+            return
+        self.group_filter.load_state_dict(state)
+
+
+def group_filter_of(algorithm) -> GroupFilter:
+    """The configured group filter; the older `dynamic_sampling` switch, when set, picks
+    DAPO's uniform filter (true) or none (false)."""
+    f, switch = algorithm.group_filter, algorithm.dynamic_sampling
+    kind = f.kind if switch is None else ("uniform" if switch else "none")
+    if kind != "std_ema":
+        return GroupFilter(kind, f.source)
+    return GroupFilter(kind, f.source, beta=f.beta, ema_ratio=f.ema_ratio,
+                       ema_start_step=f.ema_start_step, filter_start_step=f.filter_start_step)
+
+
+def filter_step(step: int) -> int:
+    """The number a group filter counts steps by: the step as logged (the first is 1, as in
+    metrics.jsonl and RLPR's global_steps), while the loop's index starts at 0."""
+    return step + 1
 
 
 def batch_recipe(cfg) -> BatchRecipe:
@@ -214,7 +274,8 @@ def batch_recipe(cfg) -> BatchRecipe:
         max_new_tokens=cfg.rollout.max_new_tokens,
         exclude_flagged=cfg.reward.exclude_flagged_from_loss, overlong_filter=a.overlong_filter,
         kl_in_reward_coef=a.kl_in_reward_coef, kl_estimator=a.kl_estimator,
-        step_rewards=OmegaConf.to_container(a.step_rewards))
+        step_rewards=OmegaConf.to_container(a.step_rewards),
+        laser=OmegaConf.to_container(cfg.reward.laser) if cfg.reward.get("laser") else None)
 
 
 def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:

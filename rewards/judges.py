@@ -145,15 +145,16 @@ def yes_no_margin(top_logprobs: dict[str, float], yes: str = "Yes", no: str = "N
 
 @register("reward", "rlbff")
 def rlbff(sample: Sample, principle: str, top_k: int = 20, template: str = RLBFF_TEMPLATE,
-          **judge) -> float:
-    """RLBFF reward r = logit(Yes) - logit(No) for "does the response satisfy `principle`"."""
+          yes_token: str = "Yes", no_token: str = "No", **judge) -> float:
+    """RLBFF reward r = logit(Yes) - logit(No) for "does the response satisfy `principle`".
+    `yes_token`/`no_token`: the judge's first token of each answer (a character tokenizer: "Y", "N")."""
     prompt = template.format(prompt=sample.prompt_text, response=sample.response_text,
                              principle=principle)
     out = _complete([prompt], max_tokens=1, temperature=0.0, logprobs=top_k,
                     **_judge_args(judge))[0][0]
     if not out.top_logprobs:
         raise JudgeOutputError("the judge returned no log-probs")
-    return yes_no_margin(out.top_logprobs[0])
+    return yes_no_margin(out.top_logprobs[0], yes_token, no_token)
 
 
 # --- soft verifier: p("1") from the judge's logits (arXiv:2503.23829) ---------------------
@@ -323,11 +324,14 @@ def first_error_to_steps(index: int | None, n_steps: int) -> list[float]:
 
 
 @register("reward", "genprm_first_error")
-def genprm_first_error(sample: Sample, max_tokens: int = 512,
+def genprm_first_error(sample: Sample, max_tokens: int = 512, mark: str = "correct",
                        template: str = FIRST_ERROR_TEMPLATE, **judge) -> list[float]:
     """Granularity "step": a generative PRM names the earliest wrong step (FAPO's GenRM,
-    SPARK); steps before it score 1.0, it and later ones 0.0. With step_reduce "min" the
-    scalar is 1.0 for a sound solution, 0.0 for a flawed one."""
+    SPARK); steps before it score 1.0, it and later ones 0.0 (mark "correct"; with step_reduce
+    "min" the scalar is 1.0 for a sound solution). mark "wrong" flips it: 1.0 from the first
+    error on, so step_reduce "max" is 1.0 for a flawed solution (what FAPO's flaw_source reads)."""
+    if mark not in ("correct", "wrong"):
+        raise ValueError(f"genprm_first_error kwargs.mark must be 'correct' or 'wrong', got {mark!r}")
     prompt = template.format(prompt=sample.prompt_text, answer=sample.answer,
                              steps=numbered_steps(sample))
     out = _complete([prompt], temperature=0.0, max_tokens=max_tokens, **_judge_args(judge))
@@ -336,4 +340,5 @@ def genprm_first_error(sample: Sample, max_tokens: int = 512,
         index = int(boxed.strip())
     except (AttributeError, ValueError):
         index = None
-    return first_error_to_steps(index, len(sample.steps))
+    steps = first_error_to_steps(index, len(sample.steps))
+    return steps if mark == "correct" else [1.0 - x for x in steps]

@@ -90,8 +90,10 @@ class Cooper:
     built from it by `negatives` and kept only if `verifier` (a registered sample-level
     reward) scores it < 1 (up to 3 tries); groups without either are skipped. The RM takes
     one AdamW step on mean -log sigmoid(s_pos - s_neg) (Cooper: lr 1e-5).
-    negatives: "toy_corrupt" (change one digit of the positive; toy task) or "assistant"
-    (an LLM behind `assistant_url` writes a plausible wrong answer, temperature 0.7)."""
+    negatives: "toy_corrupt" (change one digit of the positive; toy task), "assistant"
+    (an LLM behind `assistant_url` writes a plausible wrong answer, temperature 0.7), or
+    "group" [inferred] (a response of the same group that `verifier_source` rejects: the
+    policy's own failures, so whatever the policy drifts toward becomes a negative)."""
 
     def __init__(self, path: str, verifier_source: str = "correct", verifier: str = "toy_exact",
                  negatives: str = "toy_corrupt", template: str = COOPER_TEMPLATE,
@@ -99,9 +101,10 @@ class Cooper:
                  assistant_model: str = "judge", seed: int = 0, batch_size: int = 64):
         if not path:
             raise ValueError("cooper: kwargs.path is required (the initial reward model)")
-        if negatives not in ("toy_corrupt", "assistant") or (negatives == "assistant" and not assistant_url):
-            raise ValueError("cooper: kwargs.negatives must be 'toy_corrupt' or 'assistant' "
-                             "(the latter with kwargs.assistant_url)")
+        if negatives not in ("toy_corrupt", "assistant", "group") or (
+                negatives == "assistant" and not assistant_url):
+            raise ValueError("cooper: kwargs.negatives must be 'toy_corrupt', 'group' or "
+                             "'assistant' (the latter with kwargs.assistant_url)")
         self.rm = ScalarRewardModel(path, batch_size)
         self.rm.model.train()
         self.optimizer = torch.optim.AdamW(self.rm.model.parameters(), lr=lr)
@@ -110,12 +113,14 @@ class Cooper:
         self.assistant_url, self.assistant_model = assistant_url, assistant_model
         self.rng = random.Random(seed)
         self.updates = 0
+        self.learning = True     # the reward worker sets False while scoring held-out samples
 
     def __call__(self, samples: list[Sample]) -> list[float]:
         rewards = torch.sigmoid(self.rm.logits([_render(self.template, s) for s in samples]))
         if self.binarize:
             rewards = (rewards > 0.5).float()
-        self.update(samples)
+        if self.learning:
+            self.update(samples)
         return rewards.tolist()
 
     def update(self, samples: list[Sample]) -> dict:
@@ -129,7 +134,7 @@ class Cooper:
         loss.mean().backward()
         self.optimizer.step()
         self.updates += 1
-        stats = {"rm_loss": float(loss.mean()), "rm_pairs": len(pairs),
+        stats = {"rm_loss": float(loss.mean().detach()), "rm_pairs": len(pairs),
                  "rm_pair_accuracy": float((gap > 0).float().mean())}
         log.info("cooper RM update %d: %s", self.updates, stats)
         return stats
@@ -138,6 +143,10 @@ class Cooper:
         positive = next((s for s in group if s.rewards.get(self.verifier_source, 0.0) >= 1.0), None)
         if positive is None:
             return None
+        if self.negatives == "group":
+            rejected = [s for s in group if s.rewards.get(self.verifier_source, 0.0) < 1.0]
+            return (positive, positive.response_text,
+                    self.rng.choice(rejected).response_text) if rejected else None
         for _ in range(3):
             negative = self._negative(positive)
             if negative and self.verify(dataclasses.replace(positive, response_text=negative)) < 1.0:

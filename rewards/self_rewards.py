@@ -336,6 +336,11 @@ def rlpr_splice(response_text: str, reference: str, open_tag: str = "<answer>",
     return head + open_tag + lead, reference, " " + close_tag
 
 
+def reward_std(values: Sequence[float]) -> float:
+    """The spread the std filter measures: the unbiased std (0 for fewer than two values)."""
+    return _unbiased_std(values)
+
+
 def _unbiased_std(values: Sequence[float]) -> float:
     n = len(values)
     if n < 2:
@@ -427,19 +432,26 @@ def laser_loss(self_rewards: Sequence[float], verifier_rewards: Sequence[float],
     return sum(w * (s - v) ** 2 for w, s, v in zip(weights, self_rewards, verifier_rewards)) / n
 
 
-def laser_mixed_advantages(verifier_adv: Sequence[float], self_rewards: Sequence[float],
-                           truncated: Sequence[bool], tau: float = 0.1,
-                           std_threshold: float = 0.1) -> list[float]:
-    """LaSeR advantage for one group: Â = (1 - tau) A_v + tau A_s, where A_s normalises
-    clamp(r_s, 0, 1) (truncated -> 0) by the group mean and unbiased std, and is A_v itself
-    when that std <= std_threshold (LaSeR: tau 0.1, T 0.1). A group of one uses mean 0,
-    std 1, as the authors' code does."""
+def laser_self_advantages(self_rewards: Sequence[float], truncated: Sequence[bool],
+                          std_threshold: float = 0.1) -> list[float] | None:
+    """LaSeR's self-reward advantage A_s of one group: clamp(r_s, 0, 1) (truncated -> 0)
+    normalised by the group mean and unbiased std; None when that std <= std_threshold (the
+    group's self-rewards do not tell its responses apart; LaSeR: T 0.1). A group of one uses
+    mean 0, std 1, as the authors' code does."""
     r = [0.0 if t else min(max(float(s), 0.0), 1.0) for s, t in zip(self_rewards, truncated)]
     if len(r) == 1:
         mean, std = 0.0, 1.0
     else:
         mean, std = sum(r) / len(r), _unbiased_std(r)
-    a_s = [(x - mean) / std for x in r] if std > std_threshold else list(verifier_adv)
+    return [(x - mean) / std for x in r] if std > std_threshold else None
+
+
+def laser_mixed_advantages(verifier_adv: Sequence[float], self_rewards: Sequence[float],
+                           truncated: Sequence[bool], tau: float = 0.1,
+                           std_threshold: float = 0.1) -> list[float]:
+    """LaSeR advantage for one group: Â = (1 - tau) A_v + tau A_s, with A_s from
+    `laser_self_advantages`, or A_v itself when that is None (LaSeR: tau 0.1, T 0.1)."""
+    a_s = laser_self_advantages(self_rewards, truncated, std_threshold) or list(verifier_adv)
     return [(1 - tau) * av + tau * a for av, a in zip(verifier_adv, a_s)]
 
 

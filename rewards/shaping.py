@@ -34,6 +34,17 @@ def par(sample: Sample, score_source: str, k: float = 1.0,
     return par_shape(sample.rewards[score_source], list(refs), k)
 
 
+@register("reward", "par_group")
+def par_group(samples: list[Sample], score_source: str, k: float = 1.0) -> list[float]:
+    """PAR with the other responses of the group as references (scope "group"). [inferred]
+    An online stand-in for PAR's precomputed SFT references when a dataset has none: it keeps
+    the bounded, saturating shape, but the references move with the policy. A group of one
+    scores 0.5."""
+    scores = [s.rewards[score_source] for s in samples]
+    return [par_shape(x, scores[:i] + scores[i + 1:], k) if len(scores) > 1 else 0.5
+            for i, x in enumerate(scores)]
+
+
 @register("reward", "length_penalty")
 def length_penalty(sample: Sample, free_tokens: int = 300, per_token: float = 0.01) -> float:
     """-per_token for every response token beyond free_tokens (PAR's default: 300, 0.01)."""

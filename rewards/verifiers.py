@@ -26,13 +26,21 @@ def last_boxed(text: str) -> str | None:
 
 
 @register("reward", "math_verify")
-def math_verify(sample: Sample, float_rounding: int = 6) -> float:
+def math_verify(sample: Sample, float_rounding: int = 6, answer_pattern: str | None = None) -> float:
     """1.0 when the response's final answer (\\boxed{}, LaTeX or a plain number) is
     mathematically equal to `sample.answer` (numbers, fractions, expressions, sets,
-    intervals), by Hugging Face math-verify; else 0.0."""
+    intervals), by Hugging Face math-verify; else 0.0. `answer_pattern`: a regex whose first
+    group, in its last match, holds the answer (e.g. "#(.*)$"); no match scores 0.0. Without
+    it math-verify reads the whole response (a boxed answer, else the last expression)."""
     from math_verify import parse, verify
+    text = sample.response_text
+    if answer_pattern is not None:
+        matches = list(re.finditer(answer_pattern, text, re.S))
+        if not matches:
+            return 0.0
+        text = _as_latex(matches[-1].group(1).strip())
     gold = parse(_as_latex(str(sample.answer)), parsing_timeout=None)
-    pred = parse(sample.response_text, parsing_timeout=None)
+    pred = parse(text, parsing_timeout=None)
     if not gold or not pred:
         return 0.0
     return float(verify(gold, pred, float_rounding=float_rounding, timeout_seconds=None))

@@ -226,10 +226,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=32, help="requests per generate call")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default, all cores)")
     parser.add_argument("--latency-s", type=float, default=0.0,
                         help="extra seconds per completion (for timeout tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     server = serve(args.model, args.host, args.port, args.max_batch, args.latency_s)
     print(json.dumps({"serving": args.model, "url": f"http://{args.host}:{server.server_port}/v1"}),
           flush=True)

@@ -13,16 +13,18 @@ from typing import Callable
 
 from core.records import Prompt
 from tasks.toy_arith import ToyArithmetic, scratchpad
+from tasks.toy_code import ToyCode
 
 log = logging.getLogger("rewardmill.data")
 
 
 class ToyDataset:
-    """Toy problems by index. With `twin_views`, each prompt carries a rephrased twin (the
+    """Problems of a toy task (anything with `problem(split, index)`: ToyArithmetic, ToyCode)
+    by index. With `twin_views` (addition only), each prompt carries a rephrased twin (the
     operands in reverse order: same answer, other wording), which the rollout worker samples
     as a second group (Co-Reward's cross-view pairs; see `with_twins`)."""
 
-    def __init__(self, task: ToyArithmetic, split: str, size: int | None = None,
+    def __init__(self, task: ToyArithmetic | ToyCode, split: str, size: int | None = None,
                  twin_views: bool = False):
         self.task, self.split, self.size, self.twin_views = task, split, size, twin_views
 

@@ -1,6 +1,6 @@
 import torch
 
-from actors.buffer import ReplayBuffer
+from actors.buffer import GroupFilter, ReplayBuffer
 from core.records import Sample
 from orchestrator.checkpoint import Checkpoints
 
@@ -61,9 +61,9 @@ def test_dynamic_sampling_drops_uniform_groups_and_pads_only_when_told():
     buf = ReplayBuffer("fifo")
     buf.add(_scored_group("a", [0, 0, 0, 0]) + _scored_group("b", [1, 0, 1, 0])
             + _scored_group("c", [1, 1, 1, 1]) + _scored_group("d", [1, 0, 0, 0]),
-            drop_uniform=True)
-    assert buf.stats()["buffer/dropped_uniform_groups"] == 2
-    assert buf.next_batch(3, 0, pad_with_uniform=False) is None   # sample another round
-    batch = buf.next_batch(3, 0, pad_with_uniform=True)            # last round: pad
+            group_filter=GroupFilter("uniform"))
+    assert buf.stats()["buffer/filtered_groups"] == 2
+    assert buf.next_batch(3, 0, pad_with_set_aside=False) is None   # sample another round
+    batch = buf.next_batch(3, 0, pad_with_set_aside=True)            # last round: pad
     assert [s.group_id for s in batch][::4] == ["b", "d", "a"]
-    assert buf.stats()["buffer/padded_uniform_groups"] == 1
+    assert buf.stats()["buffer/padded_groups"] == 1

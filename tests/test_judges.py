@@ -82,12 +82,17 @@ def _serve(model_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def judges(tmp_path_factory):
+def judge_model(tmp_path_factory):
     from core.models import build_tiny_policy
-    model = build_tiny_policy(tmp_path_factory.mktemp("judge") / "tiny", dict(
+    return build_tiny_policy(tmp_path_factory.mktemp("judge") / "tiny", dict(
         model_type="qwen2", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
         tie_word_embeddings=True), seed=0)
+
+
+@pytest.fixture(scope="module")
+def judges(judge_model):
+    model = judge_model
     fast, fast_url = _serve(model)
     slow, slow_url = _serve(model, "--latency-s", "3")
     yield fast_url, slow_url
@@ -120,3 +125,32 @@ def test_pipeline_with_served_judges_timeouts_and_garbage(tmp_path, judges):
         assert 0.0 < r["reward/soft"] < 1.0 and r["reward/flagged/soft"] == 0
         assert r["reward/flagged/garbage"] == 16
         assert r["reward/flagged/slow"] == 16
+
+
+def test_cooper_negatives_from_a_served_assistant(judges, judge_model):
+    """Cooper's `negatives: assistant`: an LLM over HTTP writes the wrong answers; each that the
+    verifier rejects makes a pair and the RM takes a step on them."""
+    from core.records import Sample
+    from rewards.reward_model import Cooper
+    from tasks.toy_arith import ToyArithmetic
+    fast, _ = judges
+    samples = []
+    for i in range(4):
+        p = ToyArithmetic(1, 2, 2, seed=0).problem("train", i)
+        s = Sample(p.prompt_id, p.prompt_id, [], [], [], 0, prompt_text=p.prompt,
+                   response_text=p.solution, answer=p.answer)
+        s.rewards["correct"] = 1.0
+        samples.append(s)
+    cooper = Cooper(judge_model, negatives="assistant", assistant_url=fast, lr=1e-3,
+                    template="{response}")
+    stats = cooper.update(samples)
+    assert stats["rm_pairs"] == 4 and math.isfinite(stats["rm_loss"])
+
+
+def test_a_given_judge_url_is_used_and_nothing_is_served(tmp_path):
+    from orchestrator.judge_server import sources_using_judge, start_judge
+    cfg = compose(tmp_path, "reward=soft_verifier", "judge.url=http://judge.example:8000/v1")
+    assert sources_using_judge(cfg) == ["soft"]
+    assert start_judge(cfg, "unused", "unused") is None
+    assert cfg.reward.sources[1].kwargs.url == "http://judge.example:8000/v1"
+    assert sources_using_judge(compose(tmp_path, "reward=toy")) == []

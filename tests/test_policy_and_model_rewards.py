@@ -142,3 +142,20 @@ def test_reward_model_scores_and_cooper_learns_from_verified_pairs(tiny):
 
 def test_cooper_reward_is_the_sigmoid_of_the_logit():
     assert torch.sigmoid(torch.tensor(1.386)).item() == pytest.approx(0.8, abs=1e-4)
+
+
+def test_cooper_group_negatives_and_no_learning_from_held_out_samples(tiny):
+    from actors.reward import RewardWorker
+    samples = _toy_samples(4)
+    for s in samples[1::2]:              # pairs of a right and a wrong response per group
+        s.group_id = samples[0].group_id if s is samples[1] else samples[2].group_id
+        s.response_text, s.rewards["correct"] = "1+1=2;#2", 0.0
+    cooper = Cooper(tiny, negatives="group", lr=1e-2, seed=0, template="{response}")
+    assert cooper.update(samples)["rm_pairs"] == 2          # each group's rejected response
+    worker = RewardWorker([{"name": "cooper", "fn": "cooper", "scope": "batch", "timeout_s": 60,
+                            "kwargs": {"path": tiny, "negatives": "group", "template": "{response}"}}])
+    rm = worker.functions["cooper"]
+    worker.score(samples, learn=False)   # held-out evaluation: scored, not learned from
+    assert rm.updates == 0
+    worker.score(samples)
+    assert rm.updates == 1

@@ -2,7 +2,7 @@
 import pytest
 
 from core.records import Sample
-from rewards.shaping import crf, gated_accumulation, length_penalty, par, par_shape, renorm
+from rewards.shaping import crf, gated_accumulation, length_penalty, par, par_group, par_shape, renorm
 
 
 def test_par_worked_example():
@@ -11,6 +11,12 @@ def test_par_worked_example():
     s = Sample("p", "g", [1], [2], [0.0], 0, rewards={"rm": 1.0},
                metadata={"reference_scores": [0.0, 0.5]})
     assert par(s, score_source="rm") == pytest.approx(0.6768, abs=1e-4)
+    # the group as references: response 0 (r = 1.0) against the others (0.0, 0.5)
+    group = [Sample("p", "g", [1], [2], [0.0], 0, rewards={"rm": r}) for r in (1.0, 0.0, 0.5)]
+    shaped = par_group(group, score_source="rm")
+    assert shaped[0] == pytest.approx(0.6768, abs=1e-4)
+    assert all(0 < x < 1 for x in shaped) and shaped[0] > shaped[2] > shaped[1]
+    assert par_group(group[:1], score_source="rm") == [0.5]
 
 
 def test_crf_worked_example():

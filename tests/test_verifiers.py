@@ -25,6 +25,15 @@ def test_math_verify(response, answer, expected):
     assert math_verify(_s(response, answer)) == expected
 
 
+def test_math_verify_reads_the_answer_after_a_marker():
+    # the toy scratchpad: without the pattern math-verify reads the last step's "6", not "632"
+    toy = "7+5=12;4+8+1=13;3+2+1=6;#632"
+    assert math_verify(_s(toy, 632)) == 0.0
+    assert math_verify(_s(toy, 632), answer_pattern="#([^#]*)$") == 1.0
+    assert math_verify(_s("#1/2", "0.5"), answer_pattern="#([^#]*)$") == 1.0
+    assert math_verify(_s("7+5=12;", 12), answer_pattern="#([^#]*)$") == 0.0   # no answer
+
+
 def test_math_verify_inside_reward_worker_threads():
     worker = RewardWorker([{"name": "math", "fn": "math_verify", "timeout_s": 30}])
     out = worker.score([_s("\\boxed{\\sqrt{4}}", "2"), _s("\\boxed{5}", "2")])
