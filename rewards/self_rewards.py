@@ -223,6 +223,7 @@ def co_reward(samples: list[Sample], extractor: str = "toy") -> list[float]:
 # --- Self-certainty (arXiv:2502.18581; Intuitor) ---------------------------------------------
 
 
+@torch.no_grad()
 def self_certainty_from_logits(logits: torch.Tensor, mask: torch.Tensor | None = None,
                                chunk_rows: int = 1024) -> float:
     """Self-certainty of one response: masked mean over tokens of KL(U || p_i), computed as
