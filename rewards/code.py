@@ -22,7 +22,11 @@ def code_tests(sample: Sample, wall_s: float = 10.0, cpu_s: int = 5, memory_mb: 
     """Run the response's code against the tests in `sample.answer` (a list of Python
     snippets that raise on failure, e.g. asserts). Reward: the fraction passed, or with
     partial=false 1.0 only when all pass. Set the source's timeout_s above wall_s."""
-    tests = sample.answer if isinstance(sample.answer, list) else [str(sample.answer)]
+    if not isinstance(sample.answer, list) or not sample.answer:
+        # a bare answer such as "632" would run as a statement and "pass": refuse, flagged
+        raise ValueError("code_tests needs sample.answer to be a list of test snippets "
+                         "(data=toy_code, or a file whose answer field holds a list)")
+    tests = sample.answer
     limits = sandbox.Limits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb)
     result = sandbox.run(extract_code(sample.response_text), tests, limits)
     sample.metadata["sandbox_status"] = result.status

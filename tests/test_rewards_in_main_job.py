@@ -14,6 +14,7 @@ REWARDS = sorted(p.stem for p in (REPO / "conf" / "reward").glob("*.yaml"))
 EXTRA = {  # what a method needs besides reward=<name>
     "co_reward": ["data.toy.twin_views=true"],
     "constrained": ["algorithm=constrained"],
+    "code": ["data=toy_code"],   # unit tests as answers (addition answers are not tests)
     "reward_model": ["reward_model.steps=6", "reward_model.pairs_per_step=8",
                      "reward_model.micro_batch_size=16", "reward_model.eval_pairs=8"],
 }
