@@ -90,12 +90,17 @@ def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     return model
 
 
-def load_reward_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+def load_reward_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                      seed: int = 0):
     """A scalar reward model: a sequence-classification head with one output on the model at
     `path`. From a causal-LM folder (a policy) the head starts fresh and the body is reused.
     The score is read at the last non-pad token, so the pad id must be known."""
     from transformers import AutoModelForSequenceClassification
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    # A fresh head is drawn from torch's global RNG: seed a private copy of it, so the head is
+    # the same in every process and after whatever ran before (and the caller's RNG is kept).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model

@@ -1,10 +1,14 @@
 """Advantage estimators: rewards of a whole rollout batch -> per-token advantages.
 
 Each estimator is a pure function `fn(x: AdvantageInputs, **options) -> Advantages`,
-registered by name (kind "advantage") and chosen by `algorithm.estimator`; its options come
-from `algorithm.estimator_options`. Shapes: B responses, R response tokens. It runs once
+registered by name with `@estimator(...)` and chosen by `algorithm.estimator`; its options
+come from `algorithm.estimator_options`. Shapes: B responses, R response tokens. It runs once
 over the whole rollout batch on the driver, so batch-level statistics (Lite PPO's batch
 std, REINFORCE++'s whitening) are over every rank's samples, not one micro-batch.
+
+Where an estimator is registered it declares what config validation and build_train_batch
+need to know (see `estimator`); an estimator imported by dotted path may set the same
+attributes on itself, and has the defaults otherwise.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from rewards.self_rewards import laser_self_advantages
 
 @dataclass
 class AdvantageInputs:
-    rewards: torch.Tensor            # [B] combined scalar reward of each response
+    rewards: torch.Tensor            # [B] combined scalar reward of each response (plus its
+                                     # summed token_rewards for a token_rewards="summed" estimator)
     group: torch.Tensor              # [B] long: index of the response's prompt group
     mask: torch.Tensor               # [B, R] 1 on response tokens (before any loss masking)
     token_rewards: torch.Tensor      # [B, R] per-token rewards added on top (e.g. -beta * KL)
@@ -35,33 +40,74 @@ class Advantages:
     keep: torch.Tensor | None = None         # [B] bool; False drops a sample from the loss
 
 
+def estimator(name: str, *, group_baseline=False, token_rewards=None, needs_values=False):
+    """Register an advantage estimator with its properties; each is a value or a function of
+    the estimator's options (`lambda baseline="none", **_: baseline == "group"`):
+
+    group_baseline: it compares each response with the others of its prompt group, so
+        rollout.responses_per_prompt must be >= 2 (with one response the outcome cancels).
+    token_rewards:  how it takes x.token_rewards (the KL penalty of algorithm.kl_in_reward_coef
+        and algorithm.step_rewards): "tokens" = it reads them per token itself; "summed" =
+        build_train_batch adds each response's sum to its scalar reward (as verl's GRPO reads
+        token_level_rewards.sum(-1)); None = it cannot use them (it thresholds successes or
+        reads named sources), and config validation refuses those settings.
+    needs_values:   it reads critic values (x.values).
+    """
+    def wrap(fn):
+        fn.group_baseline, fn.token_rewards, fn.needs_values = (group_baseline, token_rewards,
+                                                                needs_values)
+        return register("advantage", name)(fn)
+    return wrap
+
+
+def declared(fn, prop: str, options: dict | None = None):
+    """The property `prop` (see `estimator`) of estimator `fn` under these options."""
+    value = getattr(fn, prop, None)
+    return value(**(options or {})) if callable(value) else value
+
+
 def needs_values(fn) -> bool:
-    return getattr(fn, "needs_values", False)
+    return bool(declared(fn, "needs_values"))
 
 
 # --- shared helpers ------------------------------------------------------------------------
 
 
 def group_stats(values: torch.Tensor, group: torch.Tensor, unbiased: bool = True):
-    """Per-sample mean and std of the sample's group (unbiased = torch.std convention)."""
+    """Per-sample mean and std of the sample's group (unbiased = torch.std convention).
+
+    Accumulated in float64, where the sum of up to 2^29 equal float32 values is exact: a
+    constant group's mean is then its value and `values - mean` is exactly 0. In float32,
+    16 x 0.1 does not sum to 16 * 0.1, and GRPO divided that rounding noise by std + eps."""
+    v = values.double()
     n = int(group.max()) + 1
-    count = torch.zeros(n).index_add_(0, group, torch.ones_like(values))
-    mean = torch.zeros(n).index_add_(0, group, values) / count
-    sq = torch.zeros(n).index_add_(0, group, (values - mean[group]) ** 2)
+    count = torch.zeros(n, dtype=v.dtype).index_add_(0, group, torch.ones_like(v))
+    mean = torch.zeros_like(count).index_add_(0, group, v) / count
+    sq = torch.zeros_like(count).index_add_(0, group, (v - mean[group]) ** 2)
     dof = (count - 1).clamp(min=1) if unbiased else count
-    return mean[group], (sq / dof).sqrt()[group]
+    return mean[group].to(values.dtype), (sq / dof).sqrt()[group].to(values.dtype)
 
 
 def broadcast(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return per_sample[:, None] * mask
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the tokens in `mask` (unbiased std), zero outside it."""
-    n = mask.sum()
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
-    return (x - mean) / (var.sqrt() + eps) * mask
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                  shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) * rsqrt(var + eps) over the tokens in `mask` (unbiased var), zero outside it;
+    shift_mean=False only scales, x * rsqrt(var + eps).
+
+    rsqrt(var + eps), as verl's masked_whiten and OpenRLHF do, not / (std + eps): values that
+    differ only by float rounding (var ~ 1e-16) are scaled by at most eps^-1/2 = 1e4 and stay
+    ~1e-4, where / (std + 1e-8) made them O(1). Statistics in float64, as in group_stats, so
+    equal float32 values have x - mean = 0 exactly."""
+    m = mask.double()
+    v = x.double()
+    n = m.sum()
+    mean = (v * m).sum() / n
+    var = (((v - mean) * m) ** 2).sum() / (n - 1).clamp(min=1)
+    centred = v - mean if shift_mean else v
+    return (centred * torch.rsqrt(var + eps) * m).to(x.dtype)
 
 
 def successes(x: AdvantageInputs, threshold: float) -> torch.Tensor:
@@ -84,7 +130,7 @@ def _grpo_scalar(rewards, group, norm_by_std, eps, unbiased=True):
 # --- estimators ----------------------------------------------------------------------------
 
 
-@register("advantage", "grpo")
+@estimator("grpo", group_baseline=True, token_rewards="summed")
 def grpo(x: AdvantageInputs, norm_by_std: bool = True, eps: float = 1e-6) -> Advantages:
     """GRPO (DeepSeekMath, arXiv:2402.03300): A_i = (r_i - mean_G) / (std_G + eps).
 
@@ -93,7 +139,7 @@ def grpo(x: AdvantageInputs, norm_by_std: bool = True, eps: float = 1e-6) -> Adv
     return Advantages(broadcast(_grpo_scalar(x.rewards, x.group, norm_by_std, eps), x.mask))
 
 
-@register("advantage", "rloo")
+@estimator("rloo", group_baseline=True, token_rewards="summed")
 def rloo(x: AdvantageInputs) -> Advantages:
     """RLOO (Ahmadian et al., arXiv:2402.14740): A_i = r_i - mean of the other G-1 rewards."""
     mean, _ = group_stats(x.rewards, x.group)
@@ -116,20 +162,41 @@ def _token_returns(x: AdvantageInputs, scalar: torch.Tensor, gamma: float) -> to
     return returns * x.mask
 
 
-@register("advantage", "reinforce_pp")
-def reinforce_pp(x: AdvantageInputs, baseline: str = "none", gamma: float = 1.0) -> Advantages:
-    """REINFORCE++ (Hu, arXiv:2501.03262): token returns of the reward plus per-token
-    rewards (the KL penalty, when algorithm.kl_in_reward_coef > 0), whitened over the
-    whole batch. `baseline="group"` (REINFORCE++-baseline) first subtracts the group mean."""
+@estimator("reinforce_pp", token_rewards="tokens",
+           group_baseline=lambda baseline="none", **_: baseline == "group")
+def reinforce_pp(x: AdvantageInputs, baseline: str = "none", gamma: float = 1.0,
+                 baseline_of: str = "outcome") -> Advantages:
+    """REINFORCE++ (Hu et al., arXiv:2501.03262). Follows the paper's token-level advantage
+    A_{q,o_t} = r(o_{1:T}, q) - beta * sum_{i=t..T} KL(i) and its global normalisation
+    A_norm = (A - mean over the batch) / std over the batch (Eqs. 8 and 10 as RLinf's docs
+    number them; the numbering moves between arXiv versions), as OpenRLHF computes them: the
+    outcome reward on the last token plus the per-token rewards (the KL penalty of
+    algorithm.kl_in_reward_coef, any step rewards) as a return-to-go, discounted by gamma.
+
+    baseline="group" (REINFORCE++-baseline) first subtracts a group mean, of
+      baseline_of="outcome": the outcome reward r only; per-token rewards stay returns-to-go
+        (OpenRLHF's reinforce_baseline), or
+      baseline_of="summed": each response's summed reward r + sum_t token_rewards, the result
+        broadcast to every token with no return-to-go (verl's
+        compute_reinforce_plus_plus_baseline_outcome_advantage).
+    With a group baseline the global normalisation only divides by the batch std: both
+    references subtract the batch mean again, which gives every token of a constant group
+    -mean/std, non-zero whenever response lengths or KL differ."""
     if baseline not in ("none", "group"):
         raise ValueError(f"reinforce_pp baseline must be none or group, got {baseline!r}")
-    scalar = x.rewards
-    if baseline == "group":
-        scalar = scalar - group_stats(scalar, x.group)[0]
-    return Advantages(masked_whiten(_token_returns(x, scalar, gamma), x.mask))
+    if baseline_of not in ("outcome", "summed"):
+        raise ValueError(f"reinforce_pp baseline_of must be outcome or summed, got {baseline_of!r}")
+    if baseline == "none":
+        return Advantages(masked_whiten(_token_returns(x, x.rewards, gamma), x.mask))
+    if baseline_of == "summed":
+        summed = x.rewards + (x.token_rewards * x.mask).sum(1)
+        values = broadcast(summed - group_stats(summed, x.group)[0], x.mask)
+    else:
+        values = _token_returns(x, x.rewards - group_stats(x.rewards, x.group)[0], gamma)
+    return Advantages(masked_whiten(values, x.mask, shift_mean=False))
 
 
-@register("advantage", "remax")
+@estimator("remax", token_rewards="summed")
 def remax(x: AdvantageInputs) -> Advantages:
     """ReMax (Li et al., arXiv:2310.10505): A_i = r_i - r(greedy response to the same prompt).
 
@@ -143,7 +210,7 @@ def remax(x: AdvantageInputs) -> Advantages:
     return Advantages(broadcast(x.rewards - base, x.mask))
 
 
-@register("advantage", "lite_ppo")
+@estimator("lite_ppo", group_baseline=True, token_rewards="summed")
 def lite_ppo(x: AdvantageInputs, eps: float = 1e-6) -> Advantages:
     """Lite PPO (arXiv:2508.08221): (r_i - group mean) / (std of all rewards in the batch).
 
@@ -152,7 +219,7 @@ def lite_ppo(x: AdvantageInputs, eps: float = 1e-6) -> Advantages:
     return Advantages(broadcast((x.rewards - mean) / (x.rewards.std() + eps), x.mask))
 
 
-@register("advantage", "psr_nsr")
+@estimator("psr_nsr")
 def psr_nsr(x: AdvantageInputs, mode: str = "w", positive_weight: float = 0.1,
             success_threshold: float = 0.5) -> Advantages:
     """PSR / NSR / W-REINFORCE (Zhu et al., arXiv:2506.01347), no baseline, no normalisation.
@@ -168,7 +235,7 @@ def psr_nsr(x: AdvantageInputs, mode: str = "w", positive_weight: float = 0.1,
     return Advantages(broadcast(s * right + (1 - s) * wrong, x.mask))
 
 
-@register("advantage", "weighted_grpo")
+@estimator("weighted_grpo", group_baseline=True)
 def weighted_grpo(x: AdvantageInputs, reading: str = "scale_negative",
                   negative_weight: float = 2.0, success_threshold: float = 0.5,
                   eps: float = 1e-6) -> Advantages:
@@ -203,7 +270,7 @@ def weighted_grpo(x: AdvantageInputs, reading: str = "scale_negative",
     return Advantages(broadcast(adv, x.mask))
 
 
-@register("advantage", "fapo")
+@estimator("fapo", group_baseline=True)
 def fapo(x: AdvantageInputs, flaw_source: str = "flawed", penalty: float = 1.0,
          success_threshold: float = 0.5, norm_by_std: bool = True,
          eps: float = 1e-6) -> Advantages:
@@ -217,7 +284,7 @@ def fapo(x: AdvantageInputs, flaw_source: str = "flawed", penalty: float = 1.0,
     return Advantages(broadcast(_grpo_scalar(shaped, x.group, norm_by_std, eps), x.mask))
 
 
-@register("advantage", "grpo_s")
+@estimator("grpo_s", group_baseline=True, token_rewards="summed")
 def grpo_s(x: AdvantageInputs, hardness_source: str = "hardness", responsiveness: float = 1.0,
            norm_by_std: bool = True, eps: float = 1e-6) -> Advantages:
     """GRPO-S difficulty scaling (DR-IRL, arXiv:2503.18991): A_i = alpha_i * GRPO A_i with
@@ -230,7 +297,7 @@ def grpo_s(x: AdvantageInputs, hardness_source: str = "hardness", responsiveness
     return Advantages(broadcast(adv, x.mask))
 
 
-@register("advantage", "brpo")
+@estimator("brpo", group_baseline=True)
 def brpo(x: AdvantageInputs, reference_source: str = "vs_reference",
          skew_threshold: float = 0.6) -> Advantages:
     """BRPO (Writing-Zero, arXiv:2506.00103): A_i = R_i from `reference_source`, a
@@ -244,21 +311,21 @@ def brpo(x: AdvantageInputs, reference_source: str = "vs_reference",
     return Advantages(broadcast(scores, x.mask), keep=keep)
 
 
-@register("advantage", "rover")
+@estimator("rover", group_baseline=True, token_rewards="summed")
 def rover(x: AdvantageInputs, norm_by_std: bool = False, eps: float = 1e-6) -> Advantages:
     """ROVER's reward r~ = r - group mean (arXiv:2509.24981; the released Math script
     divides by the group std too: norm_by_std=true). Use with loss "rover"."""
     return Advantages(broadcast(_grpo_scalar(x.rewards, x.group, norm_by_std, eps), x.mask))
 
 
-@register("advantage", "pacs")
+@estimator("pacs")
 def pacs(x: AdvantageInputs) -> Advantages:
     """PACS (arXiv:2509.02522): the outcome itself is the label of a supervised loss; the
     per-token "advantage" carries r in {0, 1} to loss "pacs", which forms the score."""
     return Advantages(broadcast(x.rewards, x.mask))
 
 
-@register("advantage", "capo")
+@estimator("capo", group_baseline=True)
 def capo(x: AdvantageInputs, critique_source: str = "step_errors", whole_weight: float = 2.0,
          process_weight: float = 1.0, success_threshold: float = 0.5, norm_by_std: bool = True,
          eps: float = 1e-6) -> Advantages:
@@ -274,16 +341,11 @@ def capo(x: AdvantageInputs, critique_source: str = "step_errors", whole_weight:
                            "(a granularity: step source, with rollout.step_delimiter set)")
         marks = [1.0 if v > 0.5 else 0.0 for v in steps]
         flagged[i] = step_values_to_tokens(sample.step_ends, marks, x.mask.shape[1])
-    rewards = (s[:, None] * whole_weight - flagged * process_weight) * x.mask
-    n_groups = int(x.group.max()) + 1
-    count = torch.zeros(n_groups).index_add_(0, x.group, x.mask.sum(1))
-    mean = torch.zeros(n_groups).index_add_(0, x.group, rewards.sum(1)) / count
-    centred = (rewards - mean[x.group][:, None]) * x.mask
-    if not norm_by_std:
-        return Advantages(centred)
-    sq = torch.zeros(n_groups).index_add_(0, x.group, (centred ** 2).sum(1))
-    std = (sq / (count - 1).clamp(min=1)).sqrt()
-    return Advantages(centred / (std[x.group][:, None] + eps))
+    rewards = s[:, None] * whole_weight - flagged * process_weight
+    on = x.mask.bool()   # group statistics over every token of the group's responses
+    adv = torch.zeros_like(x.mask)
+    adv[on] = _grpo_scalar(rewards[on], x.group[:, None].expand_as(on)[on], norm_by_std, eps)
+    return Advantages(adv)
 
 
 def _gae(x: AdvantageInputs, gamma: float, lam: float):
@@ -304,7 +366,7 @@ def _gae(x: AdvantageInputs, gamma: float, lam: float):
     return adv, adv + values
 
 
-@register("advantage", "gae")
+@estimator("gae", token_rewards="tokens", needs_values=True)
 def gae(x: AdvantageInputs, gamma: float = 1.0, lam: float = 0.95,
         whiten: bool = True) -> Advantages:
     """GAE (Schulman et al., arXiv:1506.02438) with a learned critic (PPO): the outcome reward
@@ -316,10 +378,8 @@ def gae(x: AdvantageInputs, gamma: float = 1.0, lam: float = 0.95,
     return Advantages(masked_whiten(adv, x.mask) if whiten else adv, returns=returns)
 
 
-gae.needs_values = True
-
-
-@register("advantage", "constrained")
+@estimator("constrained", group_baseline=True,
+           token_rewards=lambda base_source=None, **_: "summed" if base_source is None else None)
 def constrained(x: AdvantageInputs, constraints: dict, multipliers: dict | None = None,
                 base_source: str | None = None, norm_by_std: bool = True,
                 eps: float = 1e-6, multiplier: dict | None = None) -> Advantages:

@@ -44,14 +44,20 @@ def aggregation_weights(mask: torch.Tensor, mode: str, max_len: int | None = Non
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3)."""
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3).
+
+    k3 = exp(-d) + d - 1 of d = log pi - log pi_ref is bounded as verl's low_var_kl bounds it:
+    d clamped to [-20, 20] and the value to at most 10, which it reaches at d = -2.61 and
+    d = 11.0; beyond those the term stays 10 with zero gradient, where unclamped it grows as
+    e^-d (3.3e6 at d = -15, gradient -3.3e6)."""
     log_ratio = logprobs - ref_logprobs
     if kind == "k1":
         return log_ratio
     if kind == "k2":
         return 0.5 * log_ratio ** 2
     if kind == "k3":
-        return torch.exp(-log_ratio) + log_ratio - 1
+        log_ratio = log_ratio.clamp(-20, 20)
+        return (torch.exp(-log_ratio) + log_ratio - 1).clamp(-10, 10)
     raise ValueError(f"unknown KL estimator {kind!r}; choose k1, k2 or k3")
 
 

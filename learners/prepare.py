@@ -11,7 +11,7 @@ import torch
 
 from core.records import Batch, Sample
 from core.registry import lookup
-from learners.advantages import AdvantageInputs, laser_mix
+from learners.advantages import AdvantageInputs, declared, laser_mix
 from learners.losses import LaserLoss, aggregation_weights, kl_estimate
 from rewards.self_rewards import laser_balanced_weights
 
@@ -27,7 +27,8 @@ class BatchRecipe:
     max_new_tokens: int = 64          # L_max, for seq-mean-token-sum-norm
     exclude_flagged: bool = True      # no gradient from samples a reward source failed on
     overlong_filter: bool = False     # no gradient from truncated responses (DAPO)
-    kl_in_reward_coef: float = 0.0    # per-token reward -coef * KL(pi_old || pi_ref)
+    kl_in_reward_coef: float = 0.0    # per-token reward -coef * KL(pi_old || pi_ref); summed
+                                      # into the reward for estimators with token_rewards="summed"
     kl_estimator: str = "k1"
     step_rewards: dict = field(default_factory=dict)  # step source -> weight of its step
                                       # scores, given as rewards on each step's last token
@@ -94,10 +95,13 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
         metrics["kl_in_reward"] = float(kl.sum() / sampled.sum())
     for source, weight in recipe.step_rewards.items():
         token_rewards += weight * step_end_rewards(samples, source, sampled.shape[1])
-    inputs = AdvantageInputs(torch.tensor([float(s.reward) for s in samples]),
-                             group_index(samples), sampled, token_rewards, samples,
+    estimator = lookup("advantage", recipe.estimator)
+    rewards = torch.tensor([float(s.reward) for s in samples])
+    if declared(estimator, "token_rewards", recipe.estimator_options) == "summed":
+        rewards = rewards + token_rewards.sum(1)   # scalar estimators see KL and step rewards too
+    inputs = AdvantageInputs(rewards, group_index(samples), sampled, token_rewards, samples,
                              annotations.get("values"))
-    out = lookup("advantage", recipe.estimator)(inputs, **recipe.estimator_options)
+    out = estimator(inputs, **recipe.estimator_options)
     laser = LaserOptions(**recipe.laser) if recipe.laser else None
     if laser and laser_mixing_on(laser, samples):
         out.advantages, metrics["laser_mixed_groups"] = laser_mix(

@@ -16,6 +16,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -63,6 +64,7 @@ class LearnerSettings:
     threads: int = 0               # torch intra-op threads on CPU; 0 leaves torch's default
     dtype: str = "float32"         # "bfloat16": FSDP2 computes in bf16, keeps fp32 master weights
     laser: dict | None = None      # LaSeR auxiliary loss (learners/losses.py LaserLoss); None = off
+    seed: int = 0                  # init of a fresh reward-model head (bradley_terry), every rank alike
 
 
 class LearnerWorker:
@@ -96,7 +98,8 @@ class LearnerWorker:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
                                     rank=self.rank, world_size=self.world_size)
         # Bradley-Terry trains a reward model: the same body with a one-output score head
-        self.loader = load_reward_model if self.s.preference_loss == "bradley_terry" else load_policy
+        self.loader = (partial(load_reward_model, seed=self.s.seed)
+                       if self.s.preference_loss == "bradley_terry" else load_policy)
         self.model = self._sharded(self.loader(self.model_path))
         self.model.train()
         self.optimizer, self.scheduler = self._optimizer(self.model, self.s.lr)

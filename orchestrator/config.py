@@ -10,7 +10,9 @@ import inspect
 from omegaconf import DictConfig, OmegaConf
 
 from core.registry import lookup
+from learners.advantages import declared
 from learners.losses import AGGREGATIONS, loss_needs
+from rewards import sandbox
 from tasks.toy_code import ToyCode
 
 
@@ -73,9 +75,7 @@ def _check_algorithm(cfg: DictConfig, group: int) -> None:
     _number_in(cfg, f"{a}.kl_in_reward_coef", 0, float("inf"))
     _int_at_least(cfg, f"{a}.max_sampling_rounds", 1)
     _check_group_filter(cfg, group)
-    _check(group >= 2 or cfg.algorithm.estimator not in GROUP_ESTIMATORS,
-           "rollout.responses_per_prompt", group,
-           f"estimator {cfg.algorithm.estimator} compares responses within a group: need >= 2")
+    _check_estimator_properties(cfg, group)
     if cfg.algorithm.tis_cap is not None:
         _check(cfg.algorithm.recompute_old_logprobs, f"{a}.tis_cap", cfg.algorithm.tis_cap,
                "needs algorithm.recompute_old_logprobs=true (it weights pi_old / pi_sampler)")
@@ -85,6 +85,39 @@ def _check_algorithm(cfg: DictConfig, group: int) -> None:
                            ("learner.mini_batch_size / learner.num_ranks", per_rank)):
             _check(value % group == 0, key, value, f"loss {cfg.algorithm.loss} needs whole groups "
                    f"per micro-batch: a multiple of rollout.responses_per_prompt={group}")
+
+
+def _check_estimator_properties(cfg: DictConfig, group: int) -> None:
+    """What the estimator declares where it is registered (learners/advantages.py `estimator`):
+    a group baseline needs >= 2 responses per prompt; per-token rewards need an estimator
+    that reads them per token or sums them into its reward."""
+    a = cfg.algorithm
+    options = OmegaConf.to_container(a.estimator_options) if a.estimator_options else {}
+    fn = lookup("advantage", a.estimator)
+    _check(group >= 2 or not declared(fn, "group_baseline", options),
+           "rollout.responses_per_prompt", group,
+           f"estimator {a.estimator} (options {options}) compares responses within a group: "
+           "need >= 2 (with one response the outcome reward cancels out)")
+    if declared(fn, "token_rewards", options) is None:
+        for key, value in (("kl_in_reward_coef", a.kl_in_reward_coef), ("step_rewards",
+                                                                        a.step_rewards)):
+            _check(not value, f"algorithm.{key}", value,
+                   f"estimator {a.estimator} (options {options}) cannot use per-token rewards "
+                   "(it thresholds successes or reads named sources), so this would be ignored: "
+                   "remove it (for KL, algorithm.kl_coef puts it in the loss instead)")
+
+
+def _check_sandbox(src: DictConfig, i: int) -> None:
+    """A source that runs model-written code needs an isolating sandbox here, or the user's
+    explicit consent to run it with resource limits only."""
+    if not getattr(lookup("reward", src.fn), "runs_model_code", False):
+        return
+    allowed = bool((src.get("kwargs") or {}).get("allow_unisolated", False))
+    isolation = sandbox.isolation()
+    _check(isolation.mode != "none" or allowed, f"reward.sources[{i}].kwargs.allow_unisolated",
+           allowed, f"source {src.name!r} runs model-written code, which cannot be isolated on "
+           f"this machine ({isolation.missing}). Run as root or enable unprivileged user "
+           "namespaces; or set it true to run the code with resource limits only")
 
 
 def _check_toy_code(cfg: DictConfig) -> None:
@@ -173,10 +206,6 @@ def _check_laser(cfg: DictConfig, group: int) -> None:
            "own c_ref; give a number (a one-worker run logs the measured one as train/laser_c_ref)")
 
 
-GROUP_ESTIMATORS = ("grpo", "rloo", "lite_ppo", "weighted_grpo", "fapo", "grpo_s", "rover",
-                    "capo", "brpo")
-
-
 def validate(cfg: DictConfig) -> None:
     mode = _one_of(cfg, "cluster.mode", ("inline", "local", "ray"))
     _int_at_least(cfg, "steps", 0)
@@ -231,6 +260,7 @@ def validate(cfg: DictConfig) -> None:
                f"reward.sources[{i}].scope", src.get("scope"), "choose 'sample', 'group' or 'batch'")
         _check(src.get("runs_on", "reward") in ("reward", "policy"), f"reward.sources[{i}].runs_on",
                src.get("runs_on"), "choose 'reward' (reward worker) or 'policy' (rollout worker)")
+        _check_sandbox(src, i)
         if isinstance(lookup("reward", src.fn), type):  # stateful: one copy of its state
             _check(cfg.reward.num_workers == 1 or src.get("runs_on") == "policy",
                    "reward.num_workers", cfg.reward.num_workers,

@@ -37,10 +37,11 @@ NEGATIVE_INSTRUCTION = ("Generate a completely incorrect and misleading response
 class ScalarRewardModel:
     """A reward model on this process's CPU/GPU: `logits(texts)` -> one score per text."""
 
-    def __init__(self, path: str, batch_size: int = 64, max_tokens: int = 2048):
+    def __init__(self, path: str, batch_size: int = 64, max_tokens: int = 2048, seed: int = 0):
         self.tokenizer = load_tokenizer(path)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.model = load_reward_model(path).to(self.device).eval()
+        # `seed`: the score head's init when `path` holds a policy (no trained head)
+        self.model = load_reward_model(path, seed=seed).to(self.device).eval()
         self.batch_size, self.max_tokens = batch_size, max_tokens
 
     def logits(self, texts: list[str], grad: bool = False) -> torch.Tensor:
@@ -105,7 +106,7 @@ class Cooper:
                 negatives == "assistant" and not assistant_url):
             raise ValueError("cooper: kwargs.negatives must be 'toy_corrupt', 'group' or "
                              "'assistant' (the latter with kwargs.assistant_url)")
-        self.rm = ScalarRewardModel(path, batch_size)
+        self.rm = ScalarRewardModel(path, batch_size, seed=seed)
         self.rm.model.train()
         self.optimizer = torch.optim.AdamW(self.rm.model.parameters(), lr=lr)
         self.verifier_source, self.verify = verifier_source, lookup("reward", verifier)

@@ -1,38 +1,45 @@
-"""Run model-written Python against unit tests, in a sandbox. Model code is hostile.
+"""Run model-written code against unit tests, in a sandbox. Model code is hostile.
 
     from rewards.sandbox import run, Limits
     result = run(code, ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"], Limits(wall_s=5))
     result.passed      # [True, False]: one verdict per test
+    result.reasons     # ["", "assertion failed: _p1 == 0"]: why each test failed
     result.fraction    # 0.5
     result.status      # "ok" | "timeout" | "cpu_limit" | "memory_limit" | "output_limit" | "crashed" | "error"
 
-Every run is a fresh process (the interpreter `Limits.python`) with:
-  - CPU time, address space, file size, open files and process count limits (setrlimit);
-  - a wall-clock limit, after which every process it started is killed;
-  - when started as root (the usual case in containers): its own user id per pool slot (claimed
-    host-wide with a lock file, so two pools on one machine never share one), a new
-    network namespace with no interfaces (no network), and a new mount namespace in which
-    /tmp is a small fresh tmpfs holding the throwaway working directory, and every other
-    directory (`Limits.hidden`: by default all top-level ones but the system directories an
-    interpreter needs, so a checkout is hidden wherever it lives) is covered by an empty tmpfs;
-  - an environment holding only PATH, HOME, LANG;
-  - stdout/stderr captured up to `Limits.output_bytes`.
-Without root the process limits, wall limit and clean-up still apply, but not the user,
-network and filesystem isolation (a warning says so once).
+Tests are assert strings or {"input", "output"} stdin/stdout pairs; either way the verdict is
+reached in this process, never in the program's (rewards/code_checks.py).
 
-Test verdicts are reported by a runner that reads a one-time nonce from stdin before the
-model's code runs, so printing "all passed" or exiting early (`os._exit(0)`) earns nothing.
+Every program runs in a fresh process, started by rewards/sandbox_init.py in a fresh
+interpreter, with:
+  - new pid, mount, network, IPC and UTS namespaces: it sees only its own processes (and not
+    the host's environment through /proc), has no network, and when it ends or times out
+    everything it started dies with it (the pid namespace's init exits);
+  - a private tmpfs /tmp holding its working directory, every other mount read-only, and
+    every top-level directory outside the system ones an interpreter needs covered by an
+    empty tmpfs (`Limits.hidden`), so a checkout, a dataset or a secret is hidden wherever
+    it lives;
+  - as root: its own user id per pool slot (claimed host-wide with a lock file);
+    not as root: an unprivileged user namespace, in which it has no capabilities;
+  - CPU time, address space, file size, open files and process count limits (setrlimit),
+    no-new-privileges, and a wall-clock limit;
+  - an environment holding only PATH, HOME, LANG, and stdout/stderr kept up to
+    `Limits.output_bytes`.
+Where neither root nor user namespaces are available (seccomp or a sysctl forbids them), the
+pool knows it (`isolation()`, logged once with what is missing) and refuses model code unless
+the caller allows running it with resource limits only (`allow_unisolated=True`; for the
+`code_tests` reward source, its kwargs.allow_unisolated).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
-import json
+import functools
 import logging
+import marshal
 import os
 import resource
-import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -43,12 +50,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rewards import code_checks
+
 log = logging.getLogger("rewardmill.sandbox")
 
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 1, 2, 4, 16384, 1 << 18
-SANDBOX_UIDS = range(61000, 63000)   # user ids pool slots claim, one each
+SANDBOX_UIDS = range(61000, 63000)   # user ids pool slots claim, one each (as root)
 UID_LOCK_DIR = "/tmp/rewardmill-sandbox-uids"  # root-only; a held flock = a claimed uid
+LAUNCHER = Path(__file__).with_name("sandbox_init.py").read_text()
+ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 def _default_python() -> str:
@@ -76,14 +85,16 @@ def private_dirs(python: str) -> tuple:
 
 @dataclass(frozen=True)
 class Limits:
-    wall_s: float = 10.0             # wall-clock seconds for the whole program and its tests
+    wall_s: float = 10.0             # wall-clock seconds for the program and all its tests (each
+                                     # stdin/stdout test: its own run with this limit)
     cpu_s: int = 5                   # CPU seconds (RLIMIT_CPU)
     memory_mb: int = 512             # address space (RLIMIT_AS), MiB
     file_mb: int = 16                # largest file it may write (RLIMIT_FSIZE), MiB
     disk_mb: int = 32                # size of its private /tmp (tmpfs), MiB
     processes: int = 16              # processes and threads of its user (RLIMIT_NPROC)
     open_files: int = 64             # RLIMIT_NOFILE
-    output_bytes: int = 65536        # stdout and stderr kept, each
+    output_bytes: int = 65536        # stdout and stderr kept, each, bytes
+    report_bytes: int = 4 << 20      # probe values read back (assert tests), bytes
     python: str = field(default_factory=_default_python)
     hidden: tuple | None = None      # directories covered by empty tmpfs; None: private_dirs(python)
 
@@ -95,87 +106,154 @@ class SandboxResult:
     stdout: str = ""
     stderr: str = ""
     wall_s: float = 0.0
+    reasons: list[str] = field(default_factory=list)   # per test: why it failed, "" if passed
 
     @property
     def fraction(self) -> float:
         return sum(self.passed) / len(self.passed) if self.passed else 0.0
 
 
-RUNNER = r'''
-import json, os, sys
-nonce = sys.stdin.readline().strip()
-sys.stdin.close()
-def _report(index, ok, _fd=os.dup(1), _n=nonce):
-    os.write(_fd, ("\n" + _n + json.dumps([index, ok]) + "\n").encode())
-del nonce
-_code = open("solution.py").read()
-_tests = json.load(open("tests.json"))
-_scope = {"__name__": "__main__"}
-try:
-    exec(compile(_code, "solution.py", "exec"), _scope)
-    _loaded = True
-except BaseException as _err:
-    print(f"solution failed to load: {type(_err).__name__}: {_err}", file=sys.stderr)
-    _loaded = False
-for _i, _t in enumerate(_tests):
-    _ok = False
-    if _loaded:
-        try:
-            exec(compile(_t, f"test_{_i}", "exec"), _scope)
-            _ok = True
-        except BaseException as _err:
-            print(f"test {_i} failed: {type(_err).__name__}: {_err}", file=sys.stderr)
-    _report(_i, _ok)
-'''
+@dataclass(frozen=True)
+class Isolation:
+    mode: str           # "root" | "userns" | "none" (resource limits only)
+    missing: str = ""   # with "none": what was tried and why it failed
 
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+class SandboxUnavailable(RuntimeError):
+    """Model code would run without isolation and the caller did not allow it."""
 
 
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+class UidBusy(Exception):
+    """exec failed with EAGAIN: the uid has RLIMIT_NPROC processes we cannot see or reap
+    (another container, unreaped zombies). The slot moves to another uid."""
 
 
-def _isolate(workdir: str, files: dict[str, str], limits: Limits, uid: int | None) -> None:
-    """Runs in the child between fork and exec: namespaces, mounts, limits, user."""
-    if uid is not None:
-        libc = _libc()
-        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare")
-        _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
-        for path in limits.hidden if limits.hidden is not None else private_dirs(limits.python):
-            if os.path.isdir(path):
-                _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs",
-                                  MS_NOSUID | MS_NODEV | MS_RDONLY, b"size=4k,mode=755"),
-                       f"hide {path}")
-        _check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
-                          f"size={limits.disk_mb}m,mode=1777".encode()), "mount /tmp")
-        # a /proc that shows the sandbox user only its own processes (best effort)
-        libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV, b"hidepid=2")
-        os.makedirs(workdir)
-        for name, text in files.items():
-            Path(workdir, name).write_text(text)
-        os.chown(workdir, uid, uid)
-    os.chdir(workdir)
-    mb = 1024 * 1024
-    # CPU: SIGXCPU at the soft limit, SIGKILL a second later if the program ignores it
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    for name, value in ((resource.RLIMIT_AS, limits.memory_mb * mb),
-                        (resource.RLIMIT_FSIZE, limits.file_mb * mb),
-                        (resource.RLIMIT_NOFILE, limits.open_files),
-                        (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(name, (value, value))
-    if uid is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+@dataclass
+class _Process:
+    status: str           # as SandboxResult.status
+    stdout: str
+    stderr: str
+    report: str           # what the program wrote to fd 3
+    wall_s: float
+    setup_error: str = ""
 
 
 def _is_root() -> bool:
     return os.geteuid() == 0 and sys.platform.startswith("linux")
+
+
+def _launch(files: dict[str, bytes], argv: list[str], limits: Limits, mode: str,
+            uid: int | None, stdin: bytes | None = None) -> _Process:
+    """Run `python argv...` in a fresh sandbox holding `files` in its working directory."""
+    host_dir = tempfile.mkdtemp(prefix="rewardmill-sandbox-") if mode == "none" else None
+    workdir = host_dir or "/tmp/work"   # /tmp/work: inside the private /tmp
+    if stdin is not None:
+        files = {**files, ".stdin": stdin}
+    out, err, report, status = (tempfile.TemporaryFile() for _ in range(4))
+    mb = 1024 * 1024
+    job = {"mode": mode, "uid": uid, "workdir": workdir, "files": files,
+           "hidden": limits.hidden if limits.hidden is not None else private_dirs(limits.python),
+           "disk_mb": limits.disk_mb, "cpu_s": limits.cpu_s,
+           "rlimits": [(resource.RLIMIT_AS, limits.memory_mb * mb),
+                       (resource.RLIMIT_FSIZE, limits.file_mb * mb),
+                       (resource.RLIMIT_NOFILE, limits.open_files),
+                       (resource.RLIMIT_NPROC, limits.processes),
+                       (resource.RLIMIT_CORE, 0)],
+           "argv": [limits.python, "-I", "-S", "-B", *argv],
+           "env": {**ENV, "HOME": workdir}, "stdin": ".stdin" if stdin is not None else "/dev/null",
+           "report_fd": report.fileno(), "status_fd": status.fileno()}
+    start = time.monotonic()
+    timed_out = False
+    try:
+        proc = subprocess.Popen([limits.python, "-I", "-S", "-B", "-c", LAUNCHER],
+                                stdin=subprocess.PIPE, stdout=out, stderr=err, env=ENV,
+                                pass_fds=(report.fileno(), status.fileno()),
+                                start_new_session=True)
+        try:
+            proc.stdin.write(marshal.dumps(job))
+            proc.stdin.close()
+        except BrokenPipeError:   # the launcher died at once; its stderr says why
+            pass
+        if not _exits_within(proc, limits.wall_s):
+            timed_out = True
+            _stop(proc, mode)
+        try:   # what the program started outside a pid namespace
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    finally:
+        if host_dir:
+            shutil.rmtree(host_dir, ignore_errors=True)
+    wall = time.monotonic() - start
+    lines = _read_capped(status, 4096)[0].splitlines()
+    first = lines[0].split(" ", 1) if lines else ["", ""]
+    if first[0] == "exec-error" and first[1] == str(errno.EAGAIN):
+        raise UidBusy(uid)
+    stdout, full_out = _read_capped(out, limits.output_bytes)
+    stderr, full_err = _read_capped(err, limits.output_bytes)
+    report = _read_capped(report, limits.report_bytes)[0]
+    if first[0] == "setup-error":
+        return _Process("error", stdout, stderr, report, wall, setup_error=first[1])
+    ended = {"exit": 1, "signal": -1}.get(first[0])
+    returncode = ended * int(first[1]) if ended else None
+    return _Process(_status(returncode, timed_out, stderr, full_out or full_err),
+                    stdout, stderr, report, wall)
+
+
+def _exits_within(proc: subprocess.Popen, seconds: float) -> bool:
+    """Wait for the launcher to exit, woken the moment it does (Popen.wait with a timeout
+    polls with sleeps of up to 50 ms, which would dominate a 40 ms program)."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):   # Linux < 5.3
+        try:
+            proc.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        return bool(select.select([pidfd], [], [], seconds)[0])
+    finally:
+        os.close(pidfd)
+
+
+def _stop(proc: subprocess.Popen, mode: str) -> None:
+    """Past the wall-clock limit: the launcher kills the namespace's init and returns once
+    every process in it is gone (SIGKILL if it does not answer in time)."""
+    if mode != "none":
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+
+
+def _status(returncode: int | None, timed_out: bool, stderr: str, output_full: bool) -> str:
+    if timed_out:
+        return "timeout"
+    if returncode is None:   # the launcher or the namespace's init died: the program killed it
+        return "crashed"
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
+        return "cpu_limit" if returncode == -signal.SIGXCPU else "crashed"
+    # Python ignores SIGXFSZ: over-size writes fail with EFBIG ("File too large") instead
+    if returncode == -signal.SIGXFSZ or output_full or "File too large" in stderr:
+        return "output_limit"
+    if "MemoryError" in stderr:
+        return "memory_limit"
+    if returncode < 0:
+        return "crashed"
+    return "ok"
+
+
+def _read_capped(f, cap: int) -> tuple[str, bool]:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    data = f.read(cap)
+    f.close()
+    return data.decode("utf-8", "replace"), size > cap
 
 
 def _pids_of(uid: int, zombies: bool = False) -> list[int]:
@@ -194,16 +272,6 @@ def _pids_of(uid: int, zombies: bool = False) -> list[int]:
     return pids
 
 
-def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:
-    """Kill the program and everything it started (it may have left its process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if uid is not None:
-        _kill_uid(uid)
-
-
 def _kill_uid(uid: int) -> None:
     for _ in range(50):  # a fork bomb keeps forking while we kill: repeat until none is left
         pids = _pids_of(uid)
@@ -215,26 +283,6 @@ def _kill_uid(uid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.01)
-
-
-def _status(returncode: int, timed_out: bool, stderr: str, output_full: bool) -> str:
-    if timed_out:
-        return "timeout"
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
-        return "cpu_limit" if returncode == -signal.SIGXCPU else "crashed"
-    # Python ignores SIGXFSZ: over-size writes fail with EFBIG ("File too large") instead
-    if returncode == -signal.SIGXFSZ or output_full or "File too large" in stderr:
-        return "output_limit"
-    if "MemoryError" in stderr:
-        return "memory_limit"
-    if returncode < 0:
-        return "crashed"
-    return "ok"
-
-
-class UidBusy(Exception):
-    """exec failed with EAGAIN: the uid has RLIMIT_NPROC processes we cannot see or reap
-    (another pid namespace, unreaped zombies). The slot moves to another uid."""
 
 
 class UidClaims:
@@ -271,99 +319,41 @@ class UidClaims:
             os.close(self._held.pop(uid))
 
 
-def _run_in_slot(code: str, tests: list[str], limits: Limits, uid: int | None) -> SandboxResult:
-    isolated = uid is not None
-    files = {"solution.py": code, "tests.json": json.dumps(tests), "runner.py": RUNNER}
-    host_dir = None
-    if isolated:
-        workdir = "/tmp/work"   # inside the private /tmp of the child's mount namespace
-    else:
-        host_dir = tempfile.mkdtemp(prefix="rewardmill-sandbox-")
-        workdir = host_dir
-        for name, text in files.items():
-            Path(workdir, name).write_text(text)
-    out = tempfile.TemporaryFile()
-    err = tempfile.TemporaryFile()
-    nonce = secrets.token_hex(16)
-    start = time.monotonic()
-    timed_out = False
-    try:
-        proc = subprocess.Popen(
-            [limits.python, "-I", "-S", "-B", "runner.py"], stdin=subprocess.PIPE, stdout=out,
-            stderr=err, env={"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8"},
-            preexec_fn=lambda: _isolate(workdir, files, limits, uid), start_new_session=True,
-            close_fds=True)
-    except (OSError, subprocess.SubprocessError) as error:
-        if host_dir:
-            shutil.rmtree(host_dir, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno == errno.EAGAIN and isolated:
-            raise UidBusy(uid) from error
-        return SandboxResult([False] * len(tests), "error", stderr=str(error))
-    try:
-        proc.stdin.write((nonce + "\n").encode())
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    try:
-        proc.wait(timeout=limits.wall_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    _kill_all(proc, uid)
-    proc.wait()
-    wall = time.monotonic() - start
-    if host_dir:
-        shutil.rmtree(host_dir, ignore_errors=True)
-    passed, stdout, full_out = _verdicts(out, nonce, len(tests), limits.output_bytes)
-    stderr, full_err = _read_capped(err, limits.output_bytes)
-    status = _status(proc.returncode, timed_out, stderr, full_out or full_err)
-    return SandboxResult(passed, status, stdout, stderr, wall)
-
-
-def _verdicts(f, nonce: str, count: int, cap: int) -> tuple[list[bool], str, bool]:
-    """Test verdicts from the runner's nonce lines (anywhere in the output, which the file
-    size limit bounds), and the program's own output, capped."""
-    passed, shown, size = [False] * count, [], 0
-    f.seek(0)
-    for raw in f:
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(nonce):
-            try:
-                index, ok = json.loads(line[len(nonce):])
-                if isinstance(index, int) and 0 <= index < count:
-                    passed[index] = ok is True
-            except (ValueError, TypeError):
-                pass
-        elif line != "\n":  # the runner starts each verdict on a fresh line
-            if size < cap:
-                shown.append(line[:cap - size])
-            size += len(line)
-    f.close()
-    return passed, "".join(shown), size > cap
-
-
-def _read_capped(f, cap: int) -> tuple[str, bool]:
-    size = f.seek(0, os.SEEK_END)
-    f.seek(0)
-    data = f.read(cap)
-    f.close()
-    return data.decode("utf-8", "replace"), size > cap
+@functools.lru_cache(maxsize=None)
+def isolation(python: str | None = None) -> Isolation:
+    """The strongest isolation this process can set up, found by starting an empty program
+    (once per process): "root", else "userns", else "none" with the reasons."""
+    limits = Limits(wall_s=30, python=python or _default_python())
+    claims = UidClaims() if _is_root() else None
+    problems = []
+    for mode in ("root", "userns") if claims else ("userns",):
+        uid = claims.claim() if claims else None
+        try:
+            probe = _launch({"solution.py": b""}, ["solution.py"], limits, mode, uid)
+        finally:
+            if claims:
+                claims.release(uid)
+        if probe.status == "ok":
+            return Isolation(mode)
+        problems.append(f"{mode}: {probe.setup_error or probe.status + ' ' + probe.stderr[-300:]}")
+    missing = ("; ".join(problems) + ". User namespaces may be off (sysctl "
+               "user.max_user_namespaces or kernel.unprivileged_userns_clone) or blocked by "
+               "a seccomp/AppArmor profile; as root, CAP_SYS_ADMIN may be missing")
+    log.warning("sandbox: model code cannot be isolated here (%s); it runs only where the "
+                "caller allows it, with resource limits alone", missing)
+    return Isolation("none", missing)
 
 
 class SandboxPool:
-    """Runs programs in parallel, one per slot; each slot has its own sandbox user (as root;
-    otherwise slots are None and only resource limits apply)."""
+    """Runs programs in parallel, one per slot; as root each slot has its own sandbox user."""
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 2, python: str | None = None):
         self.size = size
+        self.isolation = isolation(python)
         self._cond = threading.Condition()
-        if _is_root():
-            self._claims = UidClaims()
-            self._free: list[int | None] = [self._claims.claim() for _ in range(size)]
-        else:
-            self._claims = None
-            self._free = [None] * size
-            log.warning("sandbox: not root, so programs run without a separate user, network "
-                        "namespace and private filesystem; only resource limits apply")
+        self._claims = UidClaims() if _is_root() and self.isolation.mode != "none" else None
+        self._free: list[int | None] = [self._claims.claim() if self._claims else None
+                                        for _ in range(size)]
 
     def close(self) -> None:
         """Give the pool's sandbox users back (also happens when the process exits)."""
@@ -375,7 +365,18 @@ class SandboxPool:
         """The sandbox user ids this pool holds (for checks that nothing is left running)."""
         return sorted(self._claims._held) if self._claims else []
 
-    def run(self, code: str, tests: list[str], limits: Limits = Limits()) -> SandboxResult:
+    def run(self, code: str, tests: list, limits: Limits = Limits(),
+            allow_unisolated: bool = False) -> SandboxResult:
+        """Run `code` against `tests` (see rewards/code_checks.py). Raises UnjudgeableTest for
+        tests that cannot be judged, SandboxUnavailable when isolation is missing and not
+        allowed."""
+        checks = code_checks.plan(tests)
+        if self.isolation.mode == "none" and not allow_unisolated:
+            raise SandboxUnavailable(
+                f"model code would run without isolation ({self.isolation.missing}). Run as "
+                "root or enable unprivileged user namespaces; or, knowing the program can then "
+                "reach this machine as your user, set allow_unisolated=true (reward source "
+                "kwargs.allow_unisolated)")
         with self._cond:
             while not self._free:
                 self._cond.wait()
@@ -383,7 +384,7 @@ class SandboxPool:
         try:
             for _ in range(3):
                 try:
-                    return _run_in_slot(code, list(tests), limits, uid)
+                    return self._judge(code, checks, limits, uid)
                 except UidBusy:
                     log.warning("sandbox: uid %d is at its process limit with processes we "
                                 "cannot reap; the slot moves to another uid", uid)
@@ -397,12 +398,33 @@ class SandboxPool:
                 self._free.append(uid)
                 self._cond.notify()
 
-    def map(self, jobs: list[tuple[str, list[str]]], limits: Limits = Limits()) -> list[SandboxResult]:
+    def _judge(self, code: str, checks, limits: Limits, uid: int | None) -> SandboxResult:
+        mode = self.isolation.mode
+        if isinstance(checks, code_checks.AssertPlan):
+            proc = _launch(code_checks.runner_files(checks, code), ["runner.py"], limits, mode, uid)
+            passed, reasons = code_checks.judge_asserts(checks, proc.report)
+            return SandboxResult(passed, proc.status, proc.stdout, proc.stderr, proc.wall_s,
+                                 reasons)
+        passed, reasons, runs = [], [], []
+        for test in checks:   # one fresh run per input: nothing carries over between tests
+            proc = _launch({"solution.py": code.encode("utf-8", "replace")}, ["solution.py"],
+                           limits, mode, uid, stdin=test.input.encode())
+            ok = proc.status == "ok" and code_checks.same_output(proc.stdout, test.output)
+            passed.append(ok)
+            reasons.append("" if ok else f"status {proc.status}" if proc.status != "ok"
+                           else "wrong output")
+            runs.append(proc)
+        worst = next((p for p in runs if p.status != "ok"), runs[0])
+        return SandboxResult(passed, worst.status, worst.stdout, worst.stderr,
+                             sum(p.wall_s for p in runs), reasons)
+
+    def map(self, jobs: list[tuple[str, list]], limits: Limits = Limits(),
+            allow_unisolated: bool = False) -> list[SandboxResult]:
         """Run (code, tests) jobs concurrently, `size` at a time; results in order."""
         results: list[SandboxResult | None] = [None] * len(jobs)
 
         def work(i: int) -> None:
-            results[i] = self.run(*jobs[i], limits)
+            results[i] = self.run(*jobs[i], limits, allow_unisolated)
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(jobs))]
         for t in threads:
@@ -424,8 +446,9 @@ def default_pool() -> SandboxPool:
         return _POOL
 
 
-def run(code: str, tests: list[str] | str, limits: Limits = Limits()) -> SandboxResult:
-    """Run `code`, then each test (a snippet of Python that raises on failure), sandboxed."""
+def run(code: str, tests: list | str, limits: Limits = Limits(),
+        allow_unisolated: bool = False) -> SandboxResult:
+    """Run `code` against `tests` (assert strings or {"input", "output"} dicts), sandboxed."""
     if isinstance(tests, str):
         tests = [tests]
-    return default_pool().run(code, tests, limits)
+    return default_pool().run(code, tests, limits, allow_unisolated)

@@ -39,5 +39,20 @@ def compose(tmp_path: Path, *overrides: str):
 
 
 @pytest.fixture(autouse=True)
+def _same_start_for_every_test():
+    """Each test starts with the same RNG state and torch thread count, whatever ran before it
+    in this process: in-process (inline) workers call torch.set_num_threads and reseed torch's
+    global RNG, and the thread count changes float reduction order, so learning curves too."""
+    import random
+
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from core.records import Sample
-from learners.advantages import AdvantageInputs, group_stats
+from learners.advantages import AdvantageInputs, group_stats, masked_whiten
 from core.registry import lookup
 
 
@@ -43,10 +43,102 @@ def test_grpo_and_dr_grpo_worked_examples():
                           torch.tensor([0.75, -0.25, -0.25, -0.25]))
 
 
-def test_zero_variance_groups_give_zero_advantage():
-    x = inputs([1.0, 1, 1, 0, 0, 0], groups=[0, 0, 0, 1, 1, 1], sources={"flawed": [0.0] * 6})
-    for name in ("grpo", "rloo", "lite_ppo", "rover", "weighted_grpo", "fapo"):
-        assert torch.equal(adv(name, x).advantages, torch.zeros(6, 3)), name
+# Every group estimator, with options that put a value v that float32 cannot hold exactly
+# (0.1, 0.3, 1/3) into what the estimator centres, for all 16 responses of group 0.
+GROUP_CASES = [
+    ("grpo", lambda v: {}), ("grpo", lambda v: {"norm_by_std": False}),
+    ("rloo", lambda v: {}), ("lite_ppo", lambda v: {}),
+    ("rover", lambda v: {}), ("rover", lambda v: {"norm_by_std": True}),
+    ("reinforce_pp", lambda v: {"baseline": "group"}),
+    ("reinforce_pp", lambda v: {"baseline": "group", "baseline_of": "summed"}),
+    *[("weighted_grpo", lambda v, r=r: {"reading": r, "negative_weight": v})   # failures: -v
+      for r in ("pooled", "mean_center", "scale_negative")],
+    ("fapo", lambda v: {"success_threshold": 0.0, "penalty": v}),   # flawed positives: 1 - v
+    ("grpo_s", lambda v: {}),
+    ("capo", lambda v: {"success_threshold": 0.0, "whole_weight": v}),   # every token: v
+    ("constrained", lambda v: {"constraints": {"c": 0.5}, "multipliers": {"c": 0.3}}),
+    ("brpo", lambda v: {}),                     # a group that all beat the reference is dropped
+]
+
+
+@pytest.mark.parametrize("value", [0.1, 0.3, 1 / 3])
+@pytest.mark.parametrize("name, options", GROUP_CASES, ids=[
+    f"{n}({', '.join(f'{k}={o}' for k, o in f('v').items())})" for n, f in GROUP_CASES])
+def test_constant_groups_give_exactly_zero_advantage(name, options, value):
+    # group 0: sixteen responses of reward `value`; group 1: sixteen different rewards, so
+    # batch statistics (Lite PPO's std, REINFORCE++'s whitening) are not trivial. In float32
+    # 16 x 0.1 does not sum to 1.6: GRPO gave |A| = 0.015 here, REINFORCE++-baseline 0.076.
+    mixed = [i / 15 for i in range(16)]
+    n = 32
+    x = inputs([value] * 16 + mixed, groups=[0] * 16 + [1] * 16,
+               lengths=[1 + i % 4 for i in range(n)],
+               sources={"flawed": [1.0] * n, "hardness": [i / n for i in range(n)],
+                        "c": [value] * 16 + mixed,
+                        "vs_reference": [1.0] * 16 + [(-1.0, 0.0, 1.0)[i % 3] for i in range(16)]},
+               step_scores={"step_errors": [[0.0]] * n},
+               step_ends=[[1 + i % 4] for i in range(n)])
+    out = adv(name, x, **options(value))
+    effective = out.advantages if out.keep is None else out.advantages * out.keep[:, None]
+    assert torch.equal(effective[:16], torch.zeros(16, 4)), effective[:16].abs().max()
+    assert effective[16:].abs().sum() > 0   # the other group still learns
+
+
+def test_constant_group_cases_cover_every_group_estimator():
+    from core.registry import names
+    from learners.advantages import declared
+    group = {n for n in names("advantage")
+             if declared(lookup("advantage", n), "group_baseline", {"baseline": "group"})}
+    assert group == {name for name, _ in GROUP_CASES}
+
+
+def test_equal_returns_whiten_to_zero_and_rounding_noise_stays_small():
+    for v in (0.1, 0.3, 1 / 3):
+        x = inputs([v] * 5, groups=list(range(5)), lengths=[1, 2, 3, 4, 2])   # one batch
+        assert torch.equal(adv("reinforce_pp", x).advantages, torch.zeros(5, 4))
+        zero_critic = inputs([v] * 5, groups=list(range(5)), lengths=[1, 2, 3, 4, 2],
+                             values=torch.zeros(5, 4))
+        assert torch.equal(adv("gae", zero_critic, lam=1.0).advantages, torch.zeros(5, 4))
+    # 1.0 and the next float32 up (1 + 1.2e-7): (x - m) / (std + 1e-8) gave +-0.86; with
+    # rsqrt(var + 1e-8) the spread of 6e-8 is scaled by at most 1e4.
+    one = torch.tensor(1.0)
+    noisy = torch.stack([one, torch.nextafter(one, torch.tensor(2.0))] * 2)[None]
+    assert masked_whiten(noisy, torch.ones(1, 4)).abs().max() < 1e-3
+    # real spread still whitens to unit variance
+    assert masked_whiten(torch.tensor([[0.0, 1.0, 2.0, 3.0]]), torch.ones(1, 4)).std().item() \
+        == pytest.approx(1.0, abs=1e-6)
+
+
+def test_kl_in_reward_is_summed_into_scalar_rewards():
+    # Two 2-token responses, rewards 1 and 0; k1 KL per token 0.5 on response 1 (behaviour
+    # log-probs 0, reference -0.5), 0 on response 2. With coef 0.5 the summed penalty is
+    # 0.5 * (0.5 + 0.5) = 0.5, so the scalar rewards become [0.5, 0]:
+    # Dr.GRPO A = [0.25, -0.25] (without KL [0.5, -0.5]); RLOO A = [0.5, -0.5] (without: [1, -1]).
+    from learners.prepare import BatchRecipe, build_train_batch
+    ref = {"ref_logprobs": torch.tensor([[-0.5, -0.5], [0.0, 0.0]])}
+    for name, options, expected in (("grpo", {"norm_by_std": False}, [0.25, -0.25]),
+                                    ("rloo", {}, [0.5, -0.5])):
+        recipe = BatchRecipe(estimator=name, estimator_options=options, mini_batch_size=2,
+                             kl_in_reward_coef=0.5, kl_estimator="k1")
+        batch, metrics = build_train_batch(inputs([1.0, 0.0], lengths=[2, 2]).samples, recipe, 0,
+                                           ref)
+        assert batch.extras["advantages"][:, 0].tolist() == pytest.approx(expected)
+        assert torch.equal(batch.extras["advantages"][:, 0], batch.extras["advantages"][:, 1])
+        assert metrics["kl_in_reward"] == pytest.approx(0.25)
+
+
+def test_reinforce_pp_group_baseline_of_outcome_or_summed():
+    # One group, two 2-token responses, rewards [1, 0], token reward -0.5 (KL) on response 1's
+    # first token.
+    kl = torch.tensor([[-0.5, 0.0], [0.0, 0.0]])
+    x = inputs([1.0, 0.0], lengths=[2, 2], token_rewards=kl)
+    # outcome (OpenRLHF): r - mean r = [0.5, -0.5] on the last token, KL as return-to-go:
+    # returns [[0, 0.5], [-0.5, -0.5]]; unbiased batch var 0.6875 / 3, so A = returns * 2.0889
+    out = adv("reinforce_pp", x, baseline="group").advantages
+    assert out.flatten().tolist() == pytest.approx([0.0, 1.0445, -1.0445, -1.0445], abs=1e-4)
+    # summed (verl): summed rewards [0.5, 0] - their mean = [0.25, -0.25] on every token;
+    # var 0.25 / 3, so A = +-0.25 * sqrt(12) = +-0.8660
+    out = adv("reinforce_pp", x, baseline="group", baseline_of="summed").advantages
+    assert out.flatten().tolist() == pytest.approx([0.8660] * 2 + [-0.8660] * 2, abs=1e-4)
 
 
 def test_advantages_are_broadcast_to_real_tokens_only():

@@ -29,3 +29,35 @@ def test_code_reward_scores_fractions_and_survives_hostile_code():
     assert [round(s.rewards["tests"], 3) for s in samples] == [1.0, 0.667, 0.0, 0.0]   # add(1, 2) fails, the others pass
     assert samples[3].metadata["sandbox_status"] in ("cpu_limit", "timeout")
     assert not any(s.flagged for s in samples)
+
+
+def test_an_always_equal_object_scores_nothing_on_the_toy_code_tests():
+    """The forgery found on main: f returns an object whose __eq__ always says yes. It scored
+    1.0 when the comparison ran in the program's process."""
+    from tasks.toy_code import ToyCode
+    problem = ToyCode().problem("train", 0)
+    forged = ("```python\nclass Yes:\n    def __eq__(self, other): return True\n"
+              "def f(x): return Yes()\n```")
+    worker = RewardWorker([{"name": "tests", "fn": "code_tests", "timeout_s": 30,
+                            "kwargs": {"wall_s": 3, "cpu_s": 2, "partial": False}}])
+    honest, fake = worker.score([
+        Sample(prompt_id="p", group_id="p", prompt_ids=[1], response_ids=[2], behaviour_logprobs=[0.0],
+               policy_version=0, response_text=problem.solution, answer=problem.answer),
+        Sample(prompt_id="p", group_id="p", prompt_ids=[1], response_ids=[2], behaviour_logprobs=[0.0],
+               policy_version=0, response_text=forged, answer=problem.answer)])
+    assert honest.rewards["tests"] == 1.0 and fake.rewards["tests"] == 0.0
+    assert "only plain data" in fake.metadata["sandbox_failure"]
+
+
+def test_stdin_stdout_tests_and_unjudgeable_tests_through_the_worker():
+    worker = RewardWorker([{"name": "tests", "fn": "code_tests", "timeout_s": 30,
+                            "kwargs": {"wall_s": 3, "cpu_s": 2}}])
+    io_tests = [{"input": "3 4\n", "output": "7\n"}, {"input": "10 -2\n", "output": "8\n"}]
+    add = _sample("```python\na, b = map(int, input().split())\nprint(a + b)\n```")
+    add.answer = io_tests
+    unjudgeable = _sample("def add(a, b): return a + b")
+    unjudgeable.answer = ["x = add(1, 2)\nassert x == 3"]
+    add, unjudgeable = worker.score([add, unjudgeable])
+    assert add.rewards["tests"] == 1.0 and not add.flagged
+    assert unjudgeable.flagged and unjudgeable.rewards["tests"] == 0.0   # counted, not a crash
+    assert "only assert statements" in unjudgeable.flags["tests"]

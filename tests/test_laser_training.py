@@ -144,7 +144,9 @@ def test_aux_loss_alone_moves_the_self_reward_toward_the_verifier(base, tmp_path
     assert torch.count_nonzero(batch.extras["advantages"]) == 0
     group = _learner(base, compose(tmp_path), c_ref=-9.0, lr=2e-3, coef=1.0)  # r_s ~ 0.43
     losses, accuracy = [], []
-    for _ in range(20):
+    # 20 steps left the loss at 0.29-0.37 of its start over model seeds 0-3 (the bound is 0.3);
+    # 30 steps leave 0.12-0.14
+    for _ in range(30):
         metrics = group.train_step(Ready(batch))
         losses.append(metrics["laser_loss"])
         accuracy.append(metrics["laser_accuracy"])

@@ -90,6 +90,7 @@ def test_sft_lowers_the_loss(base, tmp_path):
     batch = Ready(build_sft_batch(prompts, targets, tok.pad_token_id))
     settings = {**learner_settings(compose(tmp_path)), "lr": 1e-2, "threads": 1}
     group = LearnerGroup(Cluster("inline"), base, settings, 1, use_reference=False)
-    losses = [group.sft_step(batch)["sft_loss"] for _ in range(20)]
+    # over model seeds 0-3 the last loss is 0.13-0.24 of the first (20 steps: 0.31-0.40)
+    losses = [group.sft_step(batch)["sft_loss"] for _ in range(30)]
     group.shutdown()
     assert losses[-1] < 0.5 * losses[0]

@@ -122,6 +122,17 @@ def test_kl_estimators():
     assert torch.allclose(kl_estimate(logp, ref, "k2"), torch.tensor([0.0, 0.125]))
 
 
+def test_k3_is_clamped_like_verl_low_var_kl():
+    # d = log pi - log pi_ref. Unclamped, k3 = e^-d + d - 1 is 3.3e6 at d = -15 (gradient
+    # 1 - e^15 = -3.3e6) and 14 at d = +15. Clamped to <= 10, with zero gradient there; inside
+    # the bound it is unchanged: at d = -2, e^2 - 3 = 4.389 with gradient 1 - e^2 = -6.389.
+    d = torch.tensor([-15.0, 15.0, -2.0], requires_grad=True)
+    kl = kl_estimate(d, torch.zeros(3), "k3")
+    kl.sum().backward()
+    assert kl.tolist() == pytest.approx([10.0, 10.0, math.exp(2) - 3])
+    assert d.grad.tolist() == pytest.approx([0.0, 0.0, 1 - math.exp(2)])
+
+
 def test_simpo_and_dpo_worked_examples():
     # rewards.md section 21: beta 2, gamma 1.6, log pi(y_w) = -20 over 10 tokens,
     # log pi(y_l) = -45 over 15 tokens: margin 0.4, loss 0.5130.

@@ -122,16 +122,18 @@ def test_reward_model_scores_and_cooper_learns_from_verified_pairs(tiny):
     samples = _toy_samples()
     plain = RewardModelScore(tiny, sigmoid=True)(samples)
     assert len(plain) == 8 and all(0 < x < 1 for x in plain)
-    # a random tiny RM learns slowly: plain template, high learning rate
-    cooper = Cooper(tiny, lr=1e-2, seed=0, template="{response}")
+    # A random tiny RM, plain template. lr 1e-2 made the fit chaotic: the loss spiked to 1.58
+    # with 1 torch thread and fell with 2. At 1e-3 x 50 steps the loss fell by 0.39-0.69
+    # (accuracy >= 0.75) over 60 head inits, with 1 and 2 threads; the seed fixes the head.
+    cooper = Cooper(tiny, lr=1e-3, seed=0, template="{response}")
     first = cooper.update(samples)
     assert first["rm_pairs"] == 8                           # one pair per group with a positive
-    for _ in range(30):     # the same negatives each time: the RM must fit these pairs
+    for _ in range(50):     # the same negatives each time: the RM must fit these pairs
         cooper.rng.seed(0)
         last = cooper.update(samples)
-    assert last["rm_loss"] < first["rm_loss"] - 0.2 and last["rm_pair_accuracy"] > 0.5
+    assert last["rm_loss"] < first["rm_loss"] - 0.2 and last["rm_pair_accuracy"] >= 0.75
     state = cooper.state_dict()
-    fresh = Cooper(tiny, lr=1e-2, seed=0, template="{response}")
+    fresh = Cooper(tiny, lr=1e-3, seed=0, template="{response}")
     fresh.load_state_dict(state)
     assert fresh([samples[0]]) == pytest.approx(cooper([samples[0]]), abs=1e-6)
     # no verified positive in a group -> no pair, no update
