@@ -188,13 +188,13 @@ def _launch(files: dict[str, bytes], argv: list[str], limits: Limits, mode: str,
     wall = time.monotonic() - start
     lines = _read_capped(status, 4096)[0].splitlines()
     first = lines[0].split(" ", 1) if lines else ["", ""]
-    if first[0] == "exec-error" and first[1] == str(errno.EAGAIN):
-        raise UidBusy(uid)
     stdout, full_out = _read_capped(out, limits.output_bytes)
     stderr, full_err = _read_capped(err, limits.output_bytes)
     report = _read_capped(report, limits.report_bytes)[0]
-    if first[0] == "setup-error":
-        return _Process("error", stdout, stderr, report, wall, setup_error=first[1])
+    if first[0] == "exec-error" and first[1] == str(errno.EAGAIN):
+        raise UidBusy(uid)
+    if first[0] in ("setup-error", "exec-error"):
+        return _Process("error", stdout, stderr, report, wall, setup_error=" ".join(first))
     ended = {"exit": 1, "signal": -1}.get(first[0])
     returncode = ended * int(first[1]) if ended else None
     return _Process(_status(returncode, timed_out, stderr, full_out or full_err),
