@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample
@@ -47,6 +48,36 @@ class PolicyScorer(Protocol):
         """Per sample, the mean over response tokens of KL(uniform || p_t) (arXiv:2502.18581)."""
 
 
+class SampledLogprobs(LogitsProcessor):
+    """Behaviour log-probs during HF generate: log p(sampled token) under softmax(logits / T)
+    of the full distribution (before top-k/top-p, as the learner computes them), keeping one
+    step's [rows, V] log-softmax at a time. (output_logits=True keeps every step's logits:
+    rows x T x V floats, ~80 GB at 256 rows, 512 tokens and a 152k vocabulary.)
+
+    Custom processors run before generate's temperature/top-k/top-p warpers, so `scores` are
+    the raw logits; the token sampled from step t shows up as input_ids[:, -1] at step t + 1."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None   # [rows, V] log-softmax of the last step
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._pick(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, -1)
+        return scores
+
+    def _pick(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.picked.append(self.previous.gather(-1, tokens[:, None]).squeeze(-1))
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[rows, generated steps] log-probs, once generate has returned `sequences`."""
+        self._pick(sequences[:, -1])
+        self.previous = None
+        return torch.stack(self.picked, 1)
+
+
 class HFEngine:
     def __init__(self, model_path: str, max_batch_prompts: int = 64, threads: int = 0,
                  dtype: str = "float32", step_delimiter: str | None = None):
@@ -77,19 +108,18 @@ class HFEngine:
         tok = self.tokenizer
         enc = tok([p.text for p in prompts], padding=True, return_tensors="pt").to(self.device)
         greedy = sp.temperature == 0
+        recorder = SampledLogprobs(1.0 if greedy else sp.temperature)
         options = dict(do_sample=not greedy, max_new_tokens=sp.max_new_tokens,
                        num_return_sequences=sp.n, return_dict_in_generate=True,
-                       output_logits=True, pad_token_id=tok.pad_token_id,
-                       eos_token_id=tok.eos_token_id)
+                       logits_processor=LogitsProcessorList([recorder]),
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         if not greedy:
             options.update(temperature=sp.temperature, top_p=sp.top_p,
                            top_k=sp.top_k if sp.top_k > 0 else None)
         out = self.model.generate(**enc, **options)
         P = enc["input_ids"].shape[1]
         generated = out.sequences[:, P:]
-        # Log-probs of the tempered full distribution, as the learner computes them.
-        logits = torch.stack(out.logits, 1).float() / (1.0 if greedy else sp.temperature)
-        logprobs = torch.log_softmax(logits, -1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)
+        logprobs = recorder.finish(out.sequences)
         is_eos = generated == tok.eos_token_id
         samples = []
         for row in range(generated.shape[0]):

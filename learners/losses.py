@@ -61,17 +61,6 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -
     raise ValueError(f"unknown KL estimator {kind!r}; choose k1, k2 or k3")
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits.float(), -1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def mean_log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Vocabulary mean of log_softmax(logits) per position: mean(z) - logsumexp(z)."""
-    logits = logits.float()
-    return logits.mean(-1) - torch.logsumexp(logits, -1)
-
-
 @dataclass
 class LossInputs:
     logprobs: torch.Tensor       # [b, r] log pi_theta of the response tokens (with grad)

@@ -26,8 +26,9 @@ from core.models import copy_tokenizer, load_policy, load_reward_model, load_tok
 from core.net import node_address
 from core.records import Batch
 from core.registry import lookup
-from learners.losses import (LaserLoss, LossInputs, entropy_from_logits, kl_estimate,
-                             laser_aux_loss, loss_needs, mean_log_softmax, value_loss)
+from learners.losses import (LaserLoss, LossInputs, kl_estimate, laser_aux_loss, loss_needs,
+                             value_loss)
+from learners.token_stats import chunked_token_stats
 from learners.preference import bradley_terry_loss, dpo_loss, simpo_loss
 
 # HF heads return a slice of their output; nothing here modifies it in place.
@@ -65,6 +66,8 @@ class LearnerSettings:
     dtype: str = "float32"         # "bfloat16": FSDP2 computes in bf16, keeps fp32 master weights
     laser: dict | None = None      # LaSeR auxiliary loss (learners/losses.py LaserLoss); None = off
     seed: int = 0                  # init of a fresh reward-model head (bradley_terry), every rank alike
+    logit_chunk_tokens: int = 1024 # response tokens whose full-vocabulary logits exist at once
+    gradient_checkpointing: bool = False  # keep only layer inputs; recompute activations in backward
 
 
 class LearnerWorker:
@@ -100,7 +103,10 @@ class LearnerWorker:
         # Bradley-Terry trains a reward model: the same body with a one-output score head
         self.loader = (partial(load_reward_model, seed=self.s.seed)
                        if self.s.preference_loss == "bradley_terry" else load_policy)
-        self.model = self._sharded(self.loader(self.model_path))
+        self.model = self.loader(self.model_path)
+        if self.s.gradient_checkpointing:   # recompute each layer's activations in backward
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
+        self.model = self._sharded(self.model)
         self.model.train()
         self.optimizer, self.scheduler = self._optimizer(self.model, self.s.lr)
         self.reference = self.critic = None
@@ -136,19 +142,40 @@ class LearnerWorker:
 
     # --- forward passes ------------------------------------------------------------------
 
-    def _logits(self, model, mb: Batch, after_response: bool = False):
-        """Logits (divided by the sampling temperature) that predict each response token.
-        With `after_response`, also the raw logits [b, V] at each row's last response token,
-        which predict the token after the response (LaSeR's z_c): no extra position needed."""
-        out = model(input_ids=mb.input_ids.to(self.device),
-                    attention_mask=mb.attention_mask.to(self.device),
-                    position_ids=mb.position_ids.to(self.device), use_cache=False)
-        logits = out.logits[:, mb.prompt_len - 1:-1].float() / self.s.temperature
-        if not after_response:
-            return logits
-        last = (mb.prompt_len + mb.attention_mask[:, mb.prompt_len:].sum(1) - 1).to(self.device)
-        rows = torch.arange(len(mb), device=self.device)
-        return logits, out.logits[rows, last].float()
+    def _response_stats(self, model, mb: Batch, names: tuple[str, ...] = ("logprobs",),
+                        after_token: int | None = None) -> dict[str, torch.Tensor]:
+        """Per response token [b, R] statistics of softmax(logits / T), zero on padding
+        (learners/token_stats.py: "logprobs", "entropy", "mean_logsoftmax"). They are computed
+        chunk by chunk inside the model's forward, in place of its output layer, so the
+        [b, T, V] logits never exist, and FSDP has the layer's weight gathered there. With
+        `after_token`, also "after" [b]: log p(after_token) from the raw logits after each
+        row's last response token (LaSeR's z_c; no extra position needed)."""
+        head = model.get_output_embeddings()
+        P = mb.prompt_len
+        mask = mb.attention_mask[:, P:].bool().to(self.device)
+        targets = mb.input_ids[:, P:].to(self.device)
+        chunk = self.s.logit_chunk_tokens
+
+        def stats(hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+            flat = chunked_token_stats(hidden[:, P - 1:-1][mask], head.weight, head.bias,
+                                       targets[mask], self.s.temperature, chunk, names)
+            out = {name: torch.zeros(mask.shape, device=self.device).masked_scatter(mask, v)
+                   for name, v in flat.items()}
+            if after_token is not None:
+                last = P + mask.sum(1) - 1
+                rows = torch.arange(len(mb), device=self.device)
+                out["after"] = chunked_token_stats(hidden[rows, last], head.weight, head.bias,
+                                                   torch.full_like(last, after_token), 1.0,
+                                                   chunk)["logprobs"]
+            return out
+
+        head.forward = stats
+        try:
+            return model(input_ids=mb.input_ids.to(self.device),
+                         attention_mask=mb.attention_mask.to(self.device),
+                         position_ids=mb.position_ids.to(self.device), use_cache=False).logits
+        finally:
+            del head.forward
 
     def _scores(self, mb: Batch) -> torch.Tensor:
         """A reward model's score of each row (read at its last real token)."""
@@ -156,10 +183,6 @@ class LearnerWorker:
                          attention_mask=mb.attention_mask.to(self.device),
                          position_ids=mb.position_ids.to(self.device), use_cache=False)
         return out.logits[:, 0].float()
-
-    def _token_logprobs(self, logits: torch.Tensor, mb: Batch) -> torch.Tensor:
-        targets = mb.input_ids[:, mb.prompt_len:].to(self.device)
-        return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
     def _values(self, mb: Batch) -> torch.Tensor:
         """Critic values V(s_t) of the state before each response token."""
@@ -192,10 +215,10 @@ class LearnerWorker:
             if what == "values":
                 out["values"][start:start + len(mb), :r] = self._values(mb).cpu()
             else:
-                logits = self._logits(self.model if what == "policy" else self.reference, mb)
-                out[names[0]][start:start + len(mb), :r] = self._token_logprobs(logits, mb).cpu()
-                if what == "policy":
-                    out["mean_logsoftmax"][start:start + len(mb), :r] = mean_log_softmax(logits).cpu()
+                model = self.model if what == "policy" else self.reference
+                stats = self._response_stats(model, mb, ("logprobs", "mean_logsoftmax")[:len(names)])
+                for name, stat in zip(names, stats.values()):
+                    out[name][start:start + len(mb), :r] = stat.cpu()
             start += len(mb)
         return out
 
@@ -259,8 +282,8 @@ class LearnerWorker:
         source failed on every sample (tried again next step)."""
         total = torch.zeros(2, dtype=torch.float64)
         for mb in self._micro_batches(rows):
-            _, after = self._logits(self.model, mb, after_response=True)
-            zc = torch.log_softmax(after, -1)[:, self.laser_token_id].cpu().double()
+            zc = self._response_stats(self.model, mb, after_token=self.laser_token_id)["after"]
+            zc = zc.cpu().double()
             implied = zc - mb.extras["laser_rollout_self_reward"].double() / self.laser.beta_v
             anchor = mb.extras["laser_anchor"].double()
             total += torch.stack([(implied * anchor).sum(), anchor.sum()])
@@ -299,14 +322,13 @@ class LearnerWorker:
         with_laser = self.laser is not None and self.laser_c_ref is not None
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
-            logits = self._logits(self.model, mb, after_response=with_laser)
-            if with_laser:
-                logits, after = logits
-            logprobs = self._token_logprobs(logits, mb)
-            entropy = entropy_from_logits(logits)
+            token = self._response_stats(
+                self.model, mb, ("logprobs", "entropy") + (("mean_logsoftmax",) if needs_mls else ()),
+                after_token=self.laser_token_id if with_laser else None)
+            logprobs, entropy = token["logprobs"], token["entropy"]
             x = {name: v.to(self.device) for name, v in mb.extras.items()}
             if needs_mls:
-                x["mean_logsoftmax"] = mean_log_softmax(logits)
+                x["mean_logsoftmax"] = token["mean_logsoftmax"]
             w, tw = x["loss_weights"], x["token_weights"]
             inputs = LossInputs(logprobs, x["old_logprobs"], x["advantages"], w,
                                 mb.response_mask.to(self.device), x)
@@ -326,7 +348,7 @@ class LearnerWorker:
                                                  x["value_weights"], self.s.value_clip)
                 loss = loss + stats["value_loss"]
             if with_laser:
-                aux, laser_stats = self._laser_term(after, x)
+                aux, laser_stats = self._laser_term(token["after"], x)
                 stats.update(laser_stats)
                 if self.version >= self.laser.start_step:   # after the reasoning warm-up
                     loss = loss + self.laser.coef * aux
@@ -336,11 +358,11 @@ class LearnerWorker:
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
         return sums
 
-    def _laser_term(self, after: torch.Tensor, x: dict) -> tuple[torch.Tensor, dict]:
-        """LaSeR's MSE for one micro-batch (with gradient) and its monitored sums: the MSE,
-        the mean r_s, and the self-verification accuracy 1[r_s > 0.5] == 1[r_v >= 0.5] over
-        the responses the loss counts (LaSeR reads r_s > 0.5 as "correct")."""
-        zc = torch.log_softmax(after, -1)[:, self.laser_token_id]
+    def _laser_term(self, zc: torch.Tensor, x: dict) -> tuple[torch.Tensor, dict]:
+        """LaSeR's MSE for one micro-batch (with gradient) from zc = log pi(z_c) after each
+        response, and its monitored sums: the MSE, the mean r_s, and the self-verification
+        accuracy 1[r_s > 0.5] == 1[r_v >= 0.5] over the responses the loss counts (LaSeR
+        reads r_s > 0.5 as "correct")."""
         aux, self_rewards = laser_aux_loss(zc, x["laser_verifier"], x["laser_loss_weights"],
                                            self.laser_c_ref, self.laser.beta_v)
         counted, r_s = x["laser_count_weights"], self_rewards.detach()
@@ -388,7 +410,7 @@ class LearnerWorker:
         micros = self._micro_batches(self._my_rows(batch))
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
-            logprobs = self._token_logprobs(self._logits(self.model, mb), mb)
+            logprobs = self._response_stats(self.model, mb)["logprobs"]
             loss = -(mb.extras["loss_weights"].to(self.device) * logprobs).sum()
             (loss * self.world_size).backward()
             total += loss.detach().cpu()
@@ -411,12 +433,12 @@ class LearnerWorker:
                 if self.s.preference_loss == "bradley_terry":
                     seq = self._scores(mb)   # one scalar per response
                 else:
-                    seq = (self._token_logprobs(self._logits(self.model, mb), mb) * mask).sum(1)
+                    seq = (self._response_stats(self.model, mb)["logprobs"] * mask).sum(1)
             if self.s.preference_loss == "bradley_terry":
                 loss, margin = bradley_terry_loss(seq[0::2], seq[1::2], **self.s.preference_options)
             elif self.s.preference_loss == "dpo":
                 with torch.no_grad():
-                    ref = (self._token_logprobs(self._logits(self.reference, mb), mb) * mask).sum(1)
+                    ref = (self._response_stats(self.reference, mb)["logprobs"] * mask).sum(1)
                 loss, margin = dpo_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2],
                                         **self.s.preference_options)
             else:

@@ -228,6 +228,7 @@ def validate(cfg: DictConfig) -> None:
            f"must be a multiple of learner.num_ranks={ranks} (each rank takes an equal share)")
     _int_at_least(cfg, "learner.micro_batch_size", 1)
     _int_at_least(cfg, "learner.epochs", 1)
+    _int_at_least(cfg, "learner.logit_chunk_tokens", 1)
     _number_in(cfg, "learner.lr", 0, 1, low_open=True)
     _number_in(cfg, "learner.max_grad_norm", 0, float("inf"), low_open=True)
     _int_at_least(cfg, "rollout.num_workers", 1)

@@ -145,7 +145,9 @@ def learner_settings_common(cfg) -> dict:
     return dict(lr=l.lr, weight_decay=l.weight_decay, warmup_steps=l.warmup_steps,
                 max_grad_norm=l.max_grad_norm, mini_batch_size=l.mini_batch_size,
                 micro_batch_size=l.micro_batch_size, epochs=l.epochs, strategy=l.strategy,
-                threads=l.threads, dtype=cfg.model.dtype, seed=cfg.seed)
+                threads=l.threads, dtype=cfg.model.dtype, seed=cfg.seed,
+                logit_chunk_tokens=l.logit_chunk_tokens,
+                gradient_checkpointing=l.gradient_checkpointing)
 
 
 def learner_settings(cfg) -> dict:

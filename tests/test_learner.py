@@ -94,3 +94,17 @@ def test_sft_lowers_the_loss(base, tmp_path):
     losses = [group.sft_step(batch)["sft_loss"] for _ in range(30)]
     group.shutdown()
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_memory_savers_take_the_same_step(tmp_path, base):
+    """Gradient checkpointing and a 3-token logit chunk (many checkpointed chunks) change what
+    is kept in memory, not the step."""
+    common = ["algorithm=grpo", "learner.mini_batch_size=8", "learner.micro_batch_size=4",
+              "learner.lr=1e-3", "algorithm.entropy_coef=0.01", "rollout.max_new_tokens=9"]
+    plain_metrics, plain, _ = _train(Cluster("inline"), base, compose(tmp_path, *common), 1)
+    saved_metrics, saved, _ = _train(Cluster("inline"), base, compose(
+        tmp_path, *common, "learner.gradient_checkpointing=true", "learner.logit_chunk_tokens=3"), 1)
+    for k in plain:
+        assert torch.allclose(plain[k], saved[k], atol=1e-6), k
+    for k in ("loss", "entropy", "policy_loss"):
+        assert plain_metrics[k] == pytest.approx(saved_metrics[k], abs=1e-6), k

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.registry import lookup
-from learners.losses import LossInputs, aggregation_weights, kl_estimate, mean_log_softmax
+from learners.losses import LossInputs, aggregation_weights, kl_estimate
 from learners.preference import dpo_loss, simpo_loss
 
 
@@ -97,8 +97,6 @@ def test_rover_first_step_loss_and_gradient():
     assert torch.allclose(x.logprobs.grad, -2 * adv / 8)
 
 
-def test_mean_log_softmax_worked_example():
-    assert mean_log_softmax(torch.tensor([0.0, math.log(3)])).item() == pytest.approx(-0.837, abs=1e-3)
 
 
 def test_pacs_loss_and_gradient_worked_example():
