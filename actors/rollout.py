@@ -18,7 +18,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample
 from core.steps import split_steps
-from tasks.datasets import with_twins
 
 
 class Engine(Protocol):
@@ -80,8 +79,10 @@ class SampledLogprobs(LogitsProcessor):
 
 class HFEngine:
     def __init__(self, model_path: str, max_batch_prompts: int = 64, threads: int = 0,
-                 dtype: str = "float32", step_delimiter: str | None = None):
-        self.step_delimiter = step_delimiter
+                 dtype: str = "float32", step_delimiter: str | None = None,
+                 add_special_tokens: bool = True):
+        # False for chat-rendered prompts: the template already wrote BOS and role markers
+        self.step_delimiter, self.add_special_tokens = step_delimiter, add_special_tokens
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -106,7 +107,8 @@ class HFEngine:
 
     def _generate_chunk(self, prompts: list[Prompt], sp: SamplingParams, group_tag: str):
         tok = self.tokenizer
-        enc = tok([p.text for p in prompts], padding=True, return_tensors="pt").to(self.device)
+        enc = tok([p.text for p in prompts], padding=True, return_tensors="pt",
+                  add_special_tokens=self.add_special_tokens).to(self.device)
         greedy = sp.temperature == 0
         recorder = SampledLogprobs(1.0 if greedy else sp.temperature)
         options = dict(do_sample=not greedy, max_new_tokens=sp.max_new_tokens,
@@ -204,7 +206,7 @@ class RolloutWorker:
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams,
                  group_tag: str = "") -> list[Sample]:
-        samples = self.engine.generate(with_twins(prompts), sampling, group_tag)
+        samples = self.engine.generate(prompts, sampling, group_tag)
         if self.policy_rewards:
             self.policy_rewards.score(samples)
         return samples

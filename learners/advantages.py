@@ -19,7 +19,7 @@ import torch
 from core.records import Sample
 from core.registry import register
 from core.steps import step_values_to_tokens
-from rewards.self_rewards import laser_self_advantages
+from core.laser import laser_self_advantages
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from core.registry import register
-from rewards.self_rewards import laser_self_reward
+from core.laser import laser_self_reward
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -205,7 +205,7 @@ def laser_aux_loss(zc_logprobs: torch.Tensor, verifier: torch.Tensor, weights: t
     """LaSeR's MSE between the self-reward r_s = beta_v (log pi(z_c | x, y) - c_ref) and the
     verifier reward r_v, per response [b]: sum_i w_i (r_s,i - r_v,i)^2. The weights carry the
     class balance, zero for excluded (truncated) responses and 1/N of the mini-batch, so the
-    micro-batches of all ranks add up to rewards/self_rewards.py laser_loss of the mini-batch.
+    micro-batches of all ranks add up to core/laser.py laser_loss of the mini-batch.
     Returns (loss, r_s)."""
     self_rewards = laser_self_reward(zc_logprobs, c_ref, beta_v)
     return (weights * (self_rewards - verifier) ** 2).sum(), self_rewards

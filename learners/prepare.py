@@ -13,7 +13,7 @@ from core.records import Batch, Sample
 from core.registry import lookup
 from learners.advantages import AdvantageInputs, declared, laser_mix
 from learners.losses import LaserLoss, aggregation_weights, kl_estimate
-from rewards.self_rewards import laser_balanced_weights
+from core.laser import laser_balanced_weights
 
 
 @dataclass
@@ -26,6 +26,8 @@ class BatchRecipe:
     mini_batch_size: int = 64         # responses per optimizer step (all ranks)
     max_new_tokens: int = 64          # L_max, for seq-mean-token-sum-norm
     exclude_flagged: bool = True      # no gradient from samples a reward source failed on
+    masking_sources: list[str] | None = None  # the sources whose flags exclude a sample (those
+                                      # the training signal reads); None = every source's
     overlong_filter: bool = False     # no gradient from truncated responses (DAPO)
     kl_in_reward_coef: float = 0.0    # per-token reward -coef * KL(pi_old || pi_ref); summed
                                       # into the reward for estimators with token_rewards="summed"
@@ -72,6 +74,16 @@ def group_index(samples: list[Sample]) -> torch.Tensor:
     return torch.tensor([ids.setdefault(s.group_id, len(ids)) for s in samples])
 
 
+def masked_by_flags(sample: Sample, recipe: BatchRecipe) -> bool:
+    """With exclude_flagged: a failed source the training signal reads leaves the sample
+    out; a failure of an informing-only source (weight 0, read by nothing) does not."""
+    if not recipe.exclude_flagged:
+        return False
+    if recipe.masking_sources is None:
+        return sample.flagged
+    return any(name in sample.flags for name in recipe.masking_sources)
+
+
 def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
                       annotations: dict[str, torch.Tensor] | None = None) -> tuple[Batch, dict]:
     """Advantages from the rewards (and critic values / reference log-probs in
@@ -82,7 +94,7 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
     """
     annotations = annotations or {}
     for s in samples:
-        if (recipe.exclude_flagged and s.flagged) or (recipe.overlong_filter and s.truncated):
+        if masked_by_flags(s, recipe) or (recipe.overlong_filter and s.truncated):
             s.loss_mask = [0] * len(s.response_ids)
     batch = Batch.from_samples(samples, pad_id)
     sampled = batch.attention_mask[:, batch.prompt_len:].float()
@@ -152,7 +164,7 @@ def laser_loss_inputs(samples: list[Sample], laser: LaserOptions,
             raise KeyError(f"reward.laser names source {source!r}, which the samples lack: "
                            "add it to reward.sources") from None
     verifier = scores(laser.verifier_source)
-    excluded = [s.truncated or (recipe.exclude_flagged and s.flagged) for s in samples]
+    excluded = [s.truncated or masked_by_flags(s, recipe) for s in samples]
     loss_weights, count_weights = torch.zeros(len(samples)), torch.zeros(len(samples))
     for start in range(0, len(samples), recipe.mini_batch_size):
         rows = slice(start, start + recipe.mini_batch_size)

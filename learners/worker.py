@@ -7,6 +7,8 @@ policy loss (learners/losses.py) and minimises, over each global mini-batch,
     loss + kl_coef * sum(w * KL) - entropy_coef * sum(w * entropy).
 The loss weights sum over the whole mini-batch, so rank r sums its own rows and FSDP's
 gradient averaging is undone by scaling with the world size: 1 and N ranks take the same step.
+For the same reason how rows are grouped into micro-batches (a row count, or a token budget:
+learners/micro_batches.py) changes memory and speed, not the step.
 With LaSeR (`laser` settings) the same forward pass also reads log pi(z_c | x, y) right after
 each response and adds alpha * MSE(r_s, r_v) (learners/losses.py laser_aux_loss).
 """
@@ -28,8 +30,9 @@ from core.records import Batch
 from core.registry import lookup
 from learners.losses import (LaserLoss, LossInputs, kl_estimate, laser_aux_loss, loss_needs,
                              value_loss)
+from learners.micro_batches import by_rows, token_micro_batches, without_padding
 from learners.token_stats import chunked_token_stats
-from learners.preference import bradley_terry_loss, dpo_loss, simpo_loss
+from core.preference_losses import bradley_terry_loss, dpo_loss, simpo_loss
 
 # HF heads return a slice of their output; nothing here modifies it in place.
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
@@ -46,6 +49,8 @@ class LearnerSettings:
     max_grad_norm: float = 1.0
     mini_batch_size: int = 64      # responses per optimizer step, all ranks together
     micro_batch_size: int = 16     # responses per forward/backward on one rank
+    micro_batch_tokens: int | None = None  # instead: padded prompt+response tokens per
+                                   # forward/backward on one rank (learners/micro_batches.py)
     epochs: int = 1                # passes over each rollout batch
     loss: str = "ppo"              # policy loss name (learners/losses.py registry)
     loss_options: dict = field(default_factory=dict)
@@ -196,9 +201,34 @@ class LearnerWorker:
         per_rank = len(batch) // self.world_size
         return batch.select(slice(self.rank * per_rank, (self.rank + 1) * per_rank))
 
-    def _micro_batches(self, rows: Batch) -> list[Batch]:
-        size = self.s.micro_batch_size
-        return [rows.select(slice(i, i + size)).trimmed() for i in range(0, len(rows), size)]
+    def _micro_batch_rows(self, rows: Batch, unit: str = "row") -> list[slice | torch.Tensor]:
+        """Row indices of each micro-batch: micro_batch_size rows, or packed by length
+        within micro_batch_tokens, never splitting a `unit` (row, pair, group). Collective
+        with a token budget: every rank must run the same number of forwards."""
+        if self.s.micro_batch_tokens is None:
+            return by_rows(len(rows), self.s.micro_batch_size)
+        return token_micro_batches(rows, self.s.micro_batch_tokens, unit, self._agreed_count)
+
+    def _micro_batches(self, rows: Batch, unit: str = "row") -> list[Batch]:
+        return [self._cut(rows, index) for index in self._micro_batch_rows(rows, unit)]
+
+    def _cut(self, rows: Batch, index: slice | torch.Tensor) -> Batch:
+        micro = rows.select(index)
+        return micro.trimmed() if self.s.micro_batch_tokens is None else without_padding(micro)
+
+    def _agreed_count(self, count: int, units: int) -> int:
+        """The most micro-batches any rank packed; each rank splits up to it. Every rank
+        sees the same totals, so if some rank cannot split that far all of them raise
+        together rather than leave the others waiting in a collective."""
+        if self.world_size == 1:
+            return count
+        totals = torch.tensor([count, -units], dtype=torch.long, device=self.device)
+        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
+        most, fewest_units = int(totals[0]), -int(totals[1])
+        if most > fewest_units:
+            raise ValueError(f"a rank packed {most} micro-batches, but another holds only "
+                             f"{fewest_units} units (rows, pairs or groups) to split into")
+        return most
 
     @torch.no_grad()
     def _per_token(self, rows: Batch, what: str) -> dict[str, torch.Tensor]:
@@ -209,17 +239,16 @@ class LearnerWorker:
                  "values": ("values",)}[what]
         for name in names:
             out[name] = torch.zeros_like(rows.behaviour_logprobs)
-        start = 0
-        for mb in self._micro_batches(rows):
+        for index in self._micro_batch_rows(rows):
+            mb = self._cut(rows, index)
             r = mb.behaviour_logprobs.shape[1]
             if what == "values":
-                out["values"][start:start + len(mb), :r] = self._values(mb).cpu()
+                out["values"][index, :r] = self._values(mb).cpu()
             else:
                 model = self.model if what == "policy" else self.reference
                 stats = self._response_stats(model, mb, ("logprobs", "mean_logsoftmax")[:len(names)])
                 for name, stat in zip(names, stats.values()):
-                    out[name][start:start + len(mb), :r] = stat.cpu()
-            start += len(mb)
+                    out[name][index, :r] = stat.cpu()
         return out
 
     def annotate(self, batch: Batch, what: list[str]) -> dict[str, torch.Tensor]:
@@ -317,8 +346,9 @@ class LearnerWorker:
     def _accumulate(self, rows: Batch) -> dict[str, float]:
         """Forward/backward every micro-batch of this rank's rows; returns weighted sums."""
         sums: dict[str, float] = {}
-        micros = self._micro_batches(rows)
-        needs_mls = "mean_logsoftmax" in loss_needs(self.loss_fn)
+        needs = loss_needs(self.loss_fn)
+        micros = self._micro_batches(rows, "group" if "whole_groups" in needs else "row")
+        needs_mls = "mean_logsoftmax" in needs
         with_laser = self.laser is not None and self.laser_c_ref is not None
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
@@ -421,10 +451,11 @@ class LearnerWorker:
 
     def preference_step(self, batch: Batch, train: bool = True) -> dict:
         """One offline preference step (DPO or SimPO) over pairs: rows 2k, 2k+1 are the
-        chosen and rejected response of pair k. Micro-batch sizes must be even.
+        chosen and rejected response of pair k. Micro-batch sizes must be even
+        (a token budget packs whole pairs).
         With `train=False` it only measures (loss, margin, accuracy) on the pairs."""
         sums = torch.zeros(4)  # loss, margin, margin > 0, chosen likelier per token
-        micros = self._micro_batches(self._my_rows(batch))
+        micros = self._micro_batches(self._my_rows(batch), "pair")
         pairs = len(batch) // 2
         for k, mb in enumerate(micros):
             self._sync_gradients(k == len(micros) - 1)
@@ -486,6 +517,13 @@ class LearnerWorker:
                 {"version": self.version, "laser_c_ref": self.laser_c_ref}))
         if self.world_size > 1:
             dist.barrier()
+
+    def save_policy(self, folder: str, tokenizer_path: str) -> None:
+        """The HF policy folder only (no optimizer, RNG or critic): what a served judge reloads."""
+        state = self.full_state_dict(self.model)
+        if self.rank == 0:
+            self.model.save_pretrained(folder, state_dict=state)
+            copy_tokenizer(tokenizer_path, folder)
 
     def _save_model(self, model, optimizer, scheduler, folder: Path, tokenizer_path: str):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

@@ -9,10 +9,11 @@ import inspect
 
 from omegaconf import DictConfig, OmegaConf
 
-from core.registry import lookup
+from core.registry import lookup, names as registered_names
 from learners.advantages import declared
 from learners.losses import AGGREGATIONS, loss_needs
 from rewards import sandbox
+from tasks.sources import SOURCES
 from tasks.toy_code import ToyCode
 
 
@@ -114,10 +115,31 @@ def _check_sandbox(src: DictConfig, i: int) -> None:
         return
     allowed = bool((src.get("kwargs") or {}).get("allow_unisolated", False))
     isolation = sandbox.isolation()
-    _check(isolation.mode != "none" or allowed, f"reward.sources[{i}].kwargs.allow_unisolated",
+    # the task's verifier (reward=verifier) takes its kwargs from data.verifier: name that field
+    shared = OmegaConf.to_container(src, resolve=False).get("kwargs") == "${data.verifier.kwargs}"
+    field = "data.verifier.kwargs" if shared else f"reward.sources[{i}].kwargs"
+    _check(isolation.mode != "none" or allowed, f"{field}.allow_unisolated",
            allowed, f"source {src.name!r} runs model-written code, which cannot be isolated on "
            f"this machine ({isolation.missing}). Run as root or enable unprivileged user "
            "namespaces; or set it true to run the code with resource limits only")
+
+
+def _check_applies_to_data(cfg: DictConfig, src, i: int) -> None:
+    """A source (or a registered reward it names in its kwargs, e.g. a scorer) written for
+    some data sources only, and one that reads answers when the task states none."""
+    kwargs = src.get("kwargs") or {}
+    registered = set(registered_names("reward"))
+    for name in [src.fn] + [v for v in kwargs.values() if isinstance(v, str) and v in registered]:
+        only = getattr(lookup("reward", name), "data_sources", None)
+        _check(not only or cfg.data.source in only, f"reward.sources[{i}].fn", name,
+               f"scores data.source in {list(only or [])} only, but data.source="
+               f"{cfg.data.source}: use reward=verifier (the task's own check, data.verifier) "
+               "or a source written for this data")
+    if "extractor" in inspect.signature(lookup("reward", src.fn)).parameters:
+        _check(kwargs.get("extractor") is not None or src.fn == "math_verify",
+               f"reward.sources[{i}].kwargs.extractor", kwargs.get("extractor"),
+               f"source {src.name!r} reads answers, but data.source={cfg.data.source} states "
+               "none (data.answer_format is null): use a task whose responses end in an answer")
 
 
 def _check_toy_code(cfg: DictConfig) -> None:
@@ -227,6 +249,8 @@ def validate(cfg: DictConfig) -> None:
     _check(mini % ranks == 0, "learner.mini_batch_size", mini,
            f"must be a multiple of learner.num_ranks={ranks} (each rank takes an equal share)")
     _int_at_least(cfg, "learner.micro_batch_size", 1)
+    if cfg.learner.micro_batch_tokens is not None:   # null: micro_batch_size rows instead
+        _int_at_least(cfg, "learner.micro_batch_tokens", 1)
     _int_at_least(cfg, "learner.epochs", 1)
     _int_at_least(cfg, "learner.logit_chunk_tokens", 1)
     _number_in(cfg, "learner.lr", 0, 1, low_open=True)
@@ -279,13 +303,15 @@ def validate(cfg: DictConfig) -> None:
     _int_at_least(cfg, "reward.num_workers", 1)
     _check_laser(cfg, group)
 
-    source = _one_of(cfg, "data.source", ("toy", "toy_code", "file"))
+    source = _one_of(cfg, "data.source", tuple(SOURCES))
     if source == "file":
         _check(bool(cfg.data.file.train_path), "data.file.train_path", cfg.data.file.train_path,
                "data.source=file needs a JSONL or Parquet file")
     if source == "toy_code":
         _check_toy_code(cfg)
     _one_of(cfg, "data.file.on_bad_row", ("skip", "error"))
+    for i, src in enumerate(sources):
+        _check_applies_to_data(cfg, src, i)
     sft_steps = _int_at_least(cfg, "warm_start.steps", 0)
     if sft_steps:
         _check(source != "file" or bool(cfg.data.file.solution_field), "warm_start.steps",

@@ -8,6 +8,7 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
+import orchestrator.paths  # noqa: F401  registers the durable_path resolver of the configs' hydra dirs
 from orchestrator.cluster import REPO_ROOT
 from orchestrator.config import ConfigError
 

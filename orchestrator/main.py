@@ -14,17 +14,19 @@ from omegaconf import DictConfig, OmegaConf
 from core.models import build_tiny_policy, load_tokenizer
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.cluster import Cluster
-from orchestrator.config import ConfigError, validate
+from orchestrator.config import validate
 from orchestrator.judge_server import start_judge
 from orchestrator.learner_group import LearnerGroup
 from orchestrator.metrics import MetricsSink, read_history
+from orchestrator.paths import resolve_output_paths
 from orchestrator.pipeline import Pipeline
 from orchestrator.report import plot_run, summary_table
 from orchestrator.scheduler import Scheduler
 from orchestrator.reward_model_prep import ensure_reward_models
 from orchestrator.warm_start import run_warm_start, warm_start_folder
-from tasks.datasets import PromptStream, ToyDataset, load_prompt_file
-from tasks.toy_arith import ToyArithmetic
+from orchestrator.preflight import preflight
+from tasks.datasets import PromptStream
+from tasks.sources import load_prompts
 
 log = logging.getLogger("rewardmill")
 
@@ -34,6 +36,7 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     logging.basicConfig(level=cfg.logging.level, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    resolve_output_paths(cfg)   # absolute, and never inside a Ray job's temporary working dir
     run_dir = prepare_run_dir(cfg)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
     cluster = Cluster(cfg.cluster.mode, cfg.cluster.address, cfg.cluster.num_cpus or needed_cpus(cfg))
@@ -41,14 +44,16 @@ def run(cfg: DictConfig) -> dict:
     try:
         base = base_model(cfg)
         tokenizer = load_tokenizer(base)
-        train_data, sft_data, eval_prompts = datasets(cfg, tokenizer)
+        task = load_prompts(OmegaConf.to_container(cfg.data, resolve=True), cfg.seed,
+                            cfg.eval.num_prompts, tokenizer, cfg.warm_start.steps)
+        preflight(cfg, task)
         settings = learner_settings(cfg)
         policy = base
         if cfg.warm_start.steps:
             policy = str(warm_start_folder(cfg, base))
             if not Path(policy).exists():
                 log.info("warm start: %d SFT steps -> %s", cfg.warm_start.steps, policy)
-                run_warm_start(cfg, cluster, settings, tokenizer, sft_data, base, Path(policy))
+                run_warm_start(cfg, cluster, settings, task.renderer, task.sft, base, Path(policy))
             else:
                 log.info("warm start: reusing %s", policy)
         ensure_reward_models(cfg, cluster, policy)
@@ -56,10 +61,11 @@ def run(cfg: DictConfig) -> dict:
         learner = LearnerGroup(cluster, policy, settings, cfg.learner.num_ranks,
                                use_reference=uses_reference(cfg),
                                num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
-        pipeline = Pipeline(cfg, cluster, policy, learner)
+        pipeline = Pipeline(cfg, cluster, policy, learner, task.renderer.add_special_tokens)
         sink = MetricsSink(run_dir, cfg.logging, cfg.run_name, OmegaConf.to_container(cfg))
-        scheduler = Scheduler(cfg, pipeline, PromptStream(train_data, cfg.seed, cfg.data.shuffle),
-                              eval_prompts, tokenizer.pad_token_id, sink, checkpoints, base)
+        scheduler = Scheduler(cfg, pipeline, PromptStream(task.train, cfg.seed, cfg.data.shuffle),
+                              task.held_out, tokenizer.pad_token_id, sink, checkpoints, base)
+        scheduler.judge = judge
         if cfg.resume and checkpoints.latest():
             scheduler.restore(checkpoints.latest())
         scheduler.run()
@@ -106,45 +112,13 @@ def base_model(cfg) -> str:
     return str(build_tiny_policy(Path(cfg.cache_dir) / f"tiny-{digest}", arch, cfg.seed))
 
 
-def toy_task(cfg):
-    """The generator of data.source: toy (addition) or toy_code (fit a line in Python)."""
-    d = cfg.data
-    if d.source == "toy_code":
-        from tasks.toy_code import ToyCode
-        return ToyCode(**OmegaConf.to_container(d.toy_code), seed=cfg.seed)
-    return ToyArithmetic(d.toy.min_digits, d.toy.max_digits, d.toy.operands, seed=cfg.seed)
-
-
-def datasets(cfg, tokenizer):
-    """(RL prompts, SFT examples, held-out prompts) from a toy generator or the user's files."""
-    d = cfg.data
-    if d.source in ("toy", "toy_code"):
-        task = toy_task(cfg)
-        held_out = ToyDataset(task, "test", cfg.eval.num_prompts)
-        twins = d.source == "toy" and d.toy.twin_views   # rephrased twins exist for addition only
-        return (ToyDataset(task, "train", twin_views=twins), ToyDataset(task, "sft"),
-                [held_out[i] for i in range(len(held_out))])
-
-    def read(path):
-        rows, _ = load_prompt_file(
-            path, d.file.prompt_field, d.file.answer_field, d.file.solution_field,
-            d.max_prompt_tokens, lambda text: len(tokenizer(text)["input_ids"]), d.file.on_bad_row)
-        return rows
-    eval_rows = read(d.file.eval_path)[:cfg.eval.num_prompts] if d.file.eval_path else []
-    train = read(d.file.train_path)
-    with_solution = [p for p in train if "solution" in p.metadata]
-    if cfg.warm_start.steps and not with_solution:
-        raise ConfigError(f"config warm_start.steps={cfg.warm_start.steps}: no row of "
-                          f"{d.file.train_path} has a {d.file.solution_field!r} field to learn from")
-    return train, with_solution, eval_rows
-
-
 def learner_settings_common(cfg) -> dict:
     """Learner settings that do not depend on the RL algorithm (conf/learner, model)."""
     l = cfg.learner
     return dict(lr=l.lr, weight_decay=l.weight_decay, warmup_steps=l.warmup_steps,
                 max_grad_norm=l.max_grad_norm, mini_batch_size=l.mini_batch_size,
-                micro_batch_size=l.micro_batch_size, epochs=l.epochs, strategy=l.strategy,
+                micro_batch_size=l.micro_batch_size, micro_batch_tokens=l.micro_batch_tokens,
+                epochs=l.epochs, strategy=l.strategy,
                 threads=l.threads, dtype=cfg.model.dtype, seed=cfg.seed,
                 logit_chunk_tokens=l.logit_chunk_tokens,
                 gradient_checkpointing=l.gradient_checkpointing)

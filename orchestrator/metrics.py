@@ -32,6 +32,8 @@ class PhaseTimer:
 class MetricsSink:
     def __init__(self, run_dir: Path, settings, run_name: str, config: dict):
         self.jsonl = open(run_dir / "metrics.jsonl", "a") if settings.jsonl else None
+        self.samples_per_step = settings.samples
+        self.samples = open(run_dir / "samples.jsonl", "a") if settings.samples else None
         self.tb = self.wandb = None
         if settings.tensorboard:
             try:
@@ -62,9 +64,23 @@ class MetricsSink:
         if self.wandb:
             self.wandb.log(metrics, step=step)
 
+    def log_samples(self, step: int, kind: str, samples) -> None:
+        """The first `logging.samples` samples as the model saw and wrote them (prompt text
+        after its chat template, response, rewards, flags): what to read when a curve looks odd."""
+        if not self.samples:
+            return
+        for s in samples[:self.samples_per_step]:
+            self.samples.write(json.dumps({
+                "step": step, "kind": kind, "prompt_id": s.prompt_id, "prompt": s.prompt_text,
+                "response": s.response_text, "reward": s.reward, "rewards": s.rewards,
+                "flags": s.flags, "truncated": s.truncated}) + "\n")
+        self.samples.flush()
+
     def close(self) -> None:
         if self.jsonl:
             self.jsonl.close()
+        if self.samples:
+            self.samples.close()
         if self.tb:
             self.tb.close()
         if self.wandb:

@@ -4,6 +4,8 @@ so under Ray it goes from actor to actor without a detour through the driver.
 """
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from actors.buffer import Added, GroupFilter, ReplayBuffer
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
@@ -24,16 +26,18 @@ def split_evenly(items: list, parts: int) -> list[list]:
 
 
 class Pipeline:
-    def __init__(self, cfg, cluster: Cluster, policy_path: str, learner: LearnerGroup):
+    def __init__(self, cfg, cluster: Cluster, policy_path: str, learner: LearnerGroup,
+                 add_special_tokens: bool = True):
         self.cluster, self.learner = cluster, learner
         r = cfg.rollout
-        sources = [dict(s) for s in cfg.reward.sources]
+        sources = OmegaConf.to_container(cfg.reward.sources, resolve=True)
         self.rollouts = [
             cluster.spawn(RolloutWorker, r.engine, policy_path, reward_sources=sources,
                           num_cpus=r.num_cpus,
                           num_gpus=r.num_gpus, max_batch_prompts=r.max_batch_prompts,
                           threads=r.threads, dtype=cfg.model.dtype,
-                          step_delimiter=r.step_delimiter)
+                          step_delimiter=r.step_delimiter,
+                          add_special_tokens=add_special_tokens)
             for _ in range(r.num_workers)]
         self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source,
                                         cfg.reward.combine)

@@ -16,12 +16,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from core.models import load_tokenizer
+from core.preference_losses import PREFERENCE_LOSSES
 from learners.prepare import build_pair_batch
-from learners.preference import PREFERENCE_LOSSES
 from orchestrator.cluster import Cluster
 from orchestrator.config import ConfigError
 from orchestrator.learner_group import LearnerGroup
 from orchestrator.main import base_model, learner_settings_common
+from orchestrator.paths import resolve_output_paths
 from tasks.toy_arith import ToyArithmetic, corrupt
 
 log = logging.getLogger("rewardmill")
@@ -67,6 +68,8 @@ def run_preference(cfg, cluster: Cluster | None = None) -> dict:
     """Train on pairs; with `cluster` (a running one, e.g. the main job's) it is not shut down."""
     start = time.perf_counter()
     validate(cfg)
+    if cluster is None:   # a job of its own (scripts/train_preference.py): durable, absolute paths
+        resolve_output_paths(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     own_cluster = cluster is None

@@ -1,8 +1,8 @@
 """Reward models a run needs but does not have yet, trained before RL and cached on disk.
 
 A `reward_model` or `cooper` source with `kwargs.path: null` gets a Bradley-Terry reward model
-trained on the task's preference pairs (toy task: the worked solution against the same with
-one digit wrong), starting from the warm-started policy's body. The folder under cache_dir is
+trained on preference pairs (reward_model.pairs_path, or the toy task's own: the worked solution
+against the same with one digit wrong), starting from the warm-started policy's body. The folder under cache_dir is
 named by everything that decides the result, so later runs reuse it.
 """
 from __future__ import annotations
@@ -31,19 +31,31 @@ def ensure_reward_models(cfg, cluster, policy: str) -> None:
             source.kwargs.path = str(folder)
 
 
+def preference_data(cfg) -> dict:
+    """The pairs the reward model learns from: the user's file (reward_model.pairs_path), or
+    the pairs a toy task builds itself (its worked solution vs the same with one digit wrong)."""
+    rm = cfg.reward_model
+    if rm.pairs_path:
+        return {"source": "file", "file": {
+            "train_path": rm.pairs_path, "eval_path": rm.eval_pairs_path, "prompt_field": "prompt",
+            "chosen_field": "chosen", "rejected_field": "rejected"}}
+    if cfg.data.source == "toy":
+        return {"source": "toy", "toy": OmegaConf.to_container(cfg.data.toy)}
+    raise ValueError(f"a reward source has kwargs.path: null, which trains a reward model first, "
+                     f"but data.source={cfg.data.source} builds no preference pairs: set "
+                     "reward_model.pairs_path (JSONL/Parquet rows with prompt, chosen, rejected) "
+                     "or give the source a trained RM in kwargs.path")
+
+
 def trained_reward_model(cfg, cluster, policy: str) -> Path:
     rm = cfg.reward_model
-    spec = {"policy": policy, "train": OmegaConf.to_container(rm), "toy": OmegaConf.to_container(cfg.data.toy),
-            "seed": cfg.seed}
+    data = preference_data(cfg)
+    spec = {"policy": policy, "train": OmegaConf.to_container(rm), "data": data, "seed": cfg.seed}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cfg.cache_dir) / f"rm-{digest}"
     if folder.exists():
         log.info("reward model: reusing %s", folder)
         return folder
-    if cfg.data.source != "toy":
-        raise ValueError("a reward source has kwargs.path: null, which trains a reward model on "
-                         "toy pairs; with data.source=file give it a trained RM "
-                         "(scripts/train_preference.py loss=bradley_terry)")
     from orchestrator.preference import run_preference  # it imports main, which imports us
     work = Path(cfg.cache_dir) / f"rm-{digest}.work"
     job = OmegaConf.create({
@@ -54,7 +66,7 @@ def trained_reward_model(cfg, cluster, policy: str) -> Path:
         "learner": {**OmegaConf.to_container(cfg.learner), "lr": rm.lr,
                     "micro_batch_size": rm.micro_batch_size, "warmup_steps": 0},
         "cluster": OmegaConf.to_container(cfg.cluster),
-        "data": {"source": "toy", "toy": OmegaConf.to_container(cfg.data.toy)}})
+        "data": data})
     log.info("reward model: %d Bradley-Terry steps from %s -> %s", rm.steps, policy, folder)
     summary = run_preference(job, cluster)
     log.info("reward model: held-out pair accuracy %.3f -> %.3f",

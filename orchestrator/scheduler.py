@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections import Counter
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from actors.buffer import Added, GroupFilter
-from actors.reward import reward_metrics
+from actors.reward import RewardSource, reward_metrics
 from core.records import Batch, Prompt, Sample, SamplingParams
 from core.registry import lookup
 from learners.advantages import needs_values
@@ -35,9 +36,8 @@ class Scheduler:
         self.source_names = [s.name for s in cfg.reward.sources]
         self.recipe = batch_recipe(cfg)
         self.annotation_needs = self.annotation_needs_of(self.recipe)
-        # twin views (Co-Reward) sample every prompt twice: two groups per prompt
-        twins = cfg.data.source == "toy" and cfg.data.toy.get("twin_views", False)
-        self.groups_per_step = cfg.data.prompts_per_step * (2 if twins else 1)
+        # a dataset with several views per prompt (Co-Reward's twins) gives a group to each
+        self.groups_per_step = cfg.data.prompts_per_step * prompts.views_per_prompt
         self.lagrange = None   # constrained RLHF: multipliers learned from batch means
         if self.recipe.estimator == "constrained":
             opts = self.recipe.estimator_options
@@ -45,6 +45,8 @@ class Scheduler:
                                                 **opts.get("multiplier") or {})
         self.group_filter = group_filter_of(cfg.algorithm)   # DAPO / RLPR: which groups to train on
         self.step = 0
+        self.trainable_checked = False      # the first step of this process checks its batch
+        self.judge = None                   # a served judge that follows the policy (main sets it)
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
 
     # --- the loop ----------------------------------------------------------------------------
@@ -85,13 +87,19 @@ class Scheduler:
             self.recipe.estimator_options["multipliers"] = self.lagrange.values()
         with timer("prepare"):
             batch, prepared = build_train_batch(samples, self.recipe, self.pad_id, annotations)
+            if not self.trainable_checked:
+                require_trainable(samples, batch)
+                self.trainable_checked = True
             batch_future = self.pipe.cluster.put(batch)
         with timer("train"):
             train = self.pipe.learner.train_step(batch_future)
         with timer("sync"):
             self.pipe.sync_weights(version=step + 1)
+            judge = self.judge.after_weight_update(step + 1, lambda folder: self.pipe.learner.run(
+                "save_policy", folder, self.tokenizer_path)) if self.judge else {}
         total = time.perf_counter() - start
-        metrics = {**reward_metrics(samples, self.source_names),
+        self.sink.log_samples(step + 1, "train", samples)
+        metrics = {**reward_metrics(samples, self.source_names), **judge,
                    **rollout_metrics(samples, learner_version=step),
                    **{f"advantage/{k}": v for k, v in prepared.items()},
                    **{f"train/{k}": v for k, v in train.items()}}
@@ -192,6 +200,7 @@ class Scheduler:
         if not self.eval_prompts:
             return {}
         samples = self.greedy_scored(self.eval_prompts, "eval/")
+        self.sink.log_samples(self.step, "eval", samples)
         source = self.cfg.eval.accuracy_source
         return {"eval/accuracy": sum(s.rewards[source] for s in samples) / len(samples),
                 "eval/response_len": sum(len(s.response_ids) for s in samples) / len(samples)}
@@ -233,6 +242,8 @@ class Scheduler:
         self.restore_group_filter(components.get("group_filter"), folder)
         version = self.pipe.learner.run("load", str(folder / "policy"))[0]
         self.pipe.sync_weights(version)
+        if self.judge and self.judge.refresh_every:   # the resumed policy judges, not the warm start
+            self.judge.reload(folder / "policy", version)
         self.pipe.cluster.get(self.pipe.buffer.call("load_state_dict", buffer_state))
         self.prompts.load_state_dict(state["prompts"])
         self.step = state["step"]
@@ -266,13 +277,45 @@ def filter_step(step: int) -> int:
     return step + 1
 
 
+def require_trainable(samples: list[Sample], batch: Batch) -> None:
+    """Stop a run whose first batch trains on no token because reward sources flagged every
+    sample: a source that does not apply to the data, a judge that is down. (Later steps
+    may be unlucky; the first one shows a broken set-up.)"""
+    if batch.response_mask.sum() > 0 or not any(s.flagged for s in samples):
+        return
+    counts = Counter(name for s in samples for name in s.flags)
+    name, count = counts.most_common(1)[0]
+    why = next(s.flags[name] for s in samples if name in s.flags)
+    raise RuntimeError(
+        f"the first step would train on no token: reward source {name!r} flagged {count} of "
+        f"{len(samples)} samples (first: {why}), and reward.exclude_flagged_from_loss leaves "
+        "flagged samples out. Check that the source applies to this data (its fn, kwargs and "
+        "data.answer_format), or that its server answers")
+
+
+def masking_sources(cfg) -> list[str]:
+    """Reward sources whose failure makes a sample's training signal wrong: those in the
+    combined reward (weight != 0), gates, and those the algorithm reads by name."""
+    sources = [RewardSource(**s) for s in OmegaConf.to_container(cfg.reward.sources, resolve=True)]
+    read = {s.gate["source"] for s in sources if s.gate}
+    a = cfg.algorithm
+    options = OmegaConf.to_container(a.estimator_options)
+    read |= {v for k, v in options.items() if k.endswith("_source") and v}
+    read |= set(options.get("constraints") or {}) | set(a.step_rewards or {})
+    read |= {a.group_filter.source} if a.group_filter.source else set()
+    laser = cfg.reward.get("laser")
+    read |= {laser.self_reward_source, laser.verifier_source} if laser else set()
+    return [s.name for s in sources if s.weight != 0 or s.name in read]
+
+
 def batch_recipe(cfg) -> BatchRecipe:
     a = cfg.algorithm
     return BatchRecipe(
         estimator=a.estimator, estimator_options=OmegaConf.to_container(a.estimator_options),
         loss_aggregation=a.loss_aggregation, mini_batch_size=cfg.learner.mini_batch_size,
         max_new_tokens=cfg.rollout.max_new_tokens,
-        exclude_flagged=cfg.reward.exclude_flagged_from_loss, overlong_filter=a.overlong_filter,
+        exclude_flagged=cfg.reward.exclude_flagged_from_loss, masking_sources=masking_sources(cfg),
+        overlong_filter=a.overlong_filter,
         kl_in_reward_coef=a.kl_in_reward_coef, kl_estimator=a.kl_estimator,
         step_rewards=OmegaConf.to_container(a.step_rewards),
         laser=OmegaConf.to_container(cfg.reward.laser) if cfg.reward.get("laser") else None)

@@ -36,7 +36,7 @@ def warm_start_folder(cfg, base_path: str) -> Path:
     return Path(cfg.cache_dir) / f"sft-{digest}"
 
 
-def run_warm_start(cfg, cluster, learner_settings: dict, tokenizer, sft_data, base_path: str,
+def run_warm_start(cfg, cluster, learner_settings: dict, renderer, sft_data, base_path: str,
                    folder: Path) -> None:
     """SFT `cfg.warm_start.steps` steps on the worked solutions, then save to `folder`.
 
@@ -51,13 +51,15 @@ def run_warm_start(cfg, cluster, learner_settings: dict, tokenizer, sft_data, ba
                            num_gpus=cfg.learner.num_gpus)
     try:
         stream = PromptStream(sft_data, seed=cfg.seed, shuffle=True)
+        tokenizer = renderer.tokenizer
         eos = tokenizer.eos_token_id
         start, last = time.perf_counter(), {}
         for step in range(ws.steps):
             prompts = stream.next(ws.batch_size)
             batch = build_sft_batch(
-                [tokenizer(p.text)["input_ids"] for p in prompts],
-                [tokenizer(p.metadata["solution"])["input_ids"] + [eos] for p in prompts],
+                [renderer.encode(p.text) for p in prompts],
+                [tokenizer(p.metadata["solution"], add_special_tokens=False)["input_ids"] + [eos]
+                 for p in prompts],
                 tokenizer.pad_token_id)
             last = learner.sft_step(cluster.put(batch))
             if (step + 1) % 50 == 0 or step + 1 == ws.steps:

@@ -1,11 +1,15 @@
 """Generative-judge rewards: an LLM served over an OpenAI-compatible API scores responses.
 
 Every judge reward takes the judge's address in its kwargs (`url`, and optionally `model`,
-`request_timeout_s`, `retries`, `concurrency`) and builds its prompt from a template you can
-replace (`template`, with {prompt}, {response}, ... fields). A judge answer that does not
-parse raises `JudgeOutputError`: the reward worker then gives the source's failure_value and
-counts a flag, never a crash. The parsing and aggregation rules are pure functions below,
-each tested against the worked examples of shared/methods/rewards.md.
+`request_timeout_s`: seconds per HTTP request, `retries`: retries after a failed request,
+`concurrency`: requests in flight) and `api`: "chat" (the default: the prompt is one user
+message and the server applies the judge's chat template) or "completions" (the judge
+continues the prompt as raw text, for base models or prompts written as a continuation).
+It builds its prompt from a template you can replace (`template`, with {prompt}, {response},
+... fields). A judge answer that does not parse raises `JudgeOutputError`: the reward worker
+then gives the source's failure_value and counts a flag, never a crash. The parsing and
+aggregation rules are pure functions below, each tested against the worked examples of
+shared/methods/rewards.md.
 """
 from __future__ import annotations
 
@@ -16,26 +20,26 @@ import re
 from core.records import Sample
 from core.registry import register
 from rewards.judge_client import Completion, client_for
-from rewards.verifiers import last_boxed
+from core.answers import last_boxed
 
 
 class JudgeOutputError(ValueError):
     """The judge answered, but not in the format the method reads."""
 
 
-def _complete(prompts: list[str], url: str, model: str = "judge",
+def _complete(prompts: list[str], url: str, model: str = "judge", api: str = "chat",
               request_timeout_s: float = 30.0, retries: int = 2, concurrency: int = 8,
               **params) -> list[list[Completion]]:
     client = client_for(url, model, request_timeout_s, retries, concurrency)
-    results = client.complete(prompts, **params)
+    results = client.generate(api, prompts, **params)
     if any(r is None for r in results):
         raise TimeoutError("judge unreachable or timed out (see rewardmill.judge log)")
     return results
 
 
 def _judge_args(kwargs: dict) -> dict:
-    return {k: kwargs[k] for k in ("url", "model", "request_timeout_s", "retries", "concurrency")
-            if k in kwargs}
+    return {k: kwargs[k] for k in ("url", "model", "api", "request_timeout_s", "retries",
+                                   "concurrency") if k in kwargs}
 
 
 # --- DeepSeek-GRM: pointwise scores with k-sample voting (arXiv:2504.02495) ---------------
@@ -244,8 +248,10 @@ def parse_self_score(text: str) -> float:
 @register("reward", "self_judge")
 def self_judge(sample: Sample, max_tokens: int = 512, template: str = SELF_JUDGE_TEMPLATE,
                **judge) -> float:
-    """SSR-Zero self-reward: the policy (a served snapshot of it, at most one step stale)
-    scores its own response, reference-free; reward score / 100."""
+    """SSR-Zero self-reward: the policy scores its own response, reference-free; reward
+    score / 100. With `judge.model: policy` the served judge reloads the current policy every
+    `judge.refresh_every` steps, so it lags the sampling policy by at most refresh_every - 1
+    steps (logged as judge/staleness_steps); with 0 it stays the policy the run started from."""
     prompt = template.format(prompt=sample.prompt_text, response=sample.response_text)
     out = _complete([prompt], temperature=0.0, max_tokens=max_tokens, **_judge_args(judge))
     return parse_self_score(out[0][0].text)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from core.records import Sample
 from core.registry import register
-from rewards.self_rewards import (answer_of, borda_vote, laser_self_reward, repetition_penalty,
-                                  rlpr_reward, rlpr_score, rlpr_splice)
+from core.laser import laser_self_reward
+from rewards.self_rewards import (answer_of, borda_vote, repetition_penalty, rlpr_reward,
+                                  rlpr_score, rlpr_splice)
 
 
 @register("reward", "self_certainty")
@@ -24,8 +25,8 @@ def self_certainty(samples: list[Sample], policy) -> list[float]:
 
 
 @register("reward", "certainty_vote")
-def certainty_vote(samples: list[Sample], certainty_source: str = "self_certainty",
-                   power: float = 0.5, extractor: str = "toy") -> list[float]:
+def certainty_vote(samples: list[Sample], extractor: str, certainty_source: str = "self_certainty",
+                   power: float = 0.5) -> list[float]:
     """Label-free correctness (group scope): 1 when the response's answer is the group's
     Borda winner, votes (N - rank + 1)^power by self-certainty (arXiv:2502.18581: power 0.5;
     power 0 is plain majority voting as in TTRL)."""

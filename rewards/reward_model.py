@@ -22,7 +22,7 @@ import torch
 from core.models import load_reward_model, load_tokenizer
 from core.records import Sample, groups_of
 from core.registry import lookup, register
-from learners.preference import bradley_terry_loss
+from core.preference_losses import bradley_terry_loss
 
 log = logging.getLogger("rewardmill.reward")
 
@@ -91,25 +91,28 @@ class Cooper:
     built from it by `negatives` and kept only if `verifier` (a registered sample-level
     reward) scores it < 1 (up to 3 tries); groups without either are skipped. The RM takes
     one AdamW step on mean -log sigmoid(s_pos - s_neg) (Cooper: lr 1e-5).
-    negatives: "toy_corrupt" (change one digit of the positive; toy task), "assistant"
-    (an LLM behind `assistant_url` writes a plausible wrong answer, temperature 0.7), or
-    "group" [inferred] (a response of the same group that `verifier_source` rejects: the
-    policy's own failures, so whatever the policy drifts toward becomes a negative)."""
+    negatives: "group" [inferred] (a response of the same group that `verifier_source`
+    rejects: the policy's own failures, so whatever the policy drifts toward becomes a
+    negative), "assistant" (an LLM behind `assistant_url` writes a plausible wrong answer,
+    temperature 0.7), or the dotted path of a task's fn(solution, rng) -> a corrupted copy
+    (tasks.toy_arith.corrupt changes one digit of a toy scratchpad)."""
 
-    def __init__(self, path: str, verifier_source: str = "correct", verifier: str = "toy_exact",
-                 negatives: str = "toy_corrupt", template: str = COOPER_TEMPLATE,
-                 lr: float = 1e-5, binarize: bool = False, assistant_url: str | None = None,
-                 assistant_model: str = "judge", seed: int = 0, batch_size: int = 64):
+    def __init__(self, path: str, verifier: str, verifier_kwargs: dict | None = None,
+                 verifier_source: str = "correct", negatives: str = "group",
+                 template: str = COOPER_TEMPLATE, lr: float = 1e-5, binarize: bool = False,
+                 assistant_url: str | None = None, assistant_model: str = "judge", seed: int = 0,
+                 batch_size: int = 64):
         if not path:
             raise ValueError("cooper: kwargs.path is required (the initial reward model)")
-        if negatives not in ("toy_corrupt", "assistant", "group") or (
-                negatives == "assistant" and not assistant_url):
-            raise ValueError("cooper: kwargs.negatives must be 'toy_corrupt', 'group' or "
-                             "'assistant' (the latter with kwargs.assistant_url)")
+        if negatives == "assistant" and not assistant_url:
+            raise ValueError("cooper: kwargs.negatives=assistant needs kwargs.assistant_url")
+        # a corrupting function is resolved now, so a wrong path fails at start, not mid-run
+        self.corrupt = None if negatives in ("group", "assistant") else lookup("corrupt", negatives)
         self.rm = ScalarRewardModel(path, batch_size, seed=seed)
         self.rm.model.train()
         self.optimizer = torch.optim.AdamW(self.rm.model.parameters(), lr=lr)
         self.verifier_source, self.verify = verifier_source, lookup("reward", verifier)
+        self.verifier_kwargs = dict(verifier_kwargs or {})
         self.negatives, self.template, self.binarize = negatives, template, binarize
         self.assistant_url, self.assistant_model = assistant_url, assistant_model
         self.rng = random.Random(seed)
@@ -150,16 +153,16 @@ class Cooper:
                     self.rng.choice(rejected).response_text) if rejected else None
         for _ in range(3):
             negative = self._negative(positive)
-            if negative and self.verify(dataclasses.replace(positive, response_text=negative)) < 1.0:
+            if negative and self.verify(dataclasses.replace(positive, response_text=negative),
+                                       **self.verifier_kwargs) < 1.0:
                 return positive, positive.response_text, negative
         return None
 
     def _negative(self, positive: Sample) -> str | None:
-        if self.negatives == "toy_corrupt":
-            from tasks.toy_arith import corrupt
+        if self.corrupt is not None:
             try:
-                return corrupt(positive.response_text, self.rng)
-            except IndexError:  # no digit to change
+                return self.corrupt(positive.response_text, self.rng)
+            except (IndexError, ValueError):  # nothing in this response to corrupt
                 return None
         from rewards.judge_client import client_for
         words = len(positive.response_text.split())

@@ -60,3 +60,9 @@ def toy_hardness(sample: Sample) -> float:
 def toy_step_correct(sample: Sample) -> list[float]:
     """Per step: 1.0 if right, 0.0 if wrong (an oracle process reward, e.g. for ReNorm)."""
     return [1.0 - e for e in toy_step_errors(sample)]
+
+
+# These read the toy scratchpad's structure: on another task's data they fail or mean nothing,
+# so config validation refuses them unless data.source is toy.
+for _fn in (toy_exact, toy_steps, toy_step_errors, toy_flawed, toy_hardness, toy_step_correct):
+    _fn.data_sources = ("toy",)

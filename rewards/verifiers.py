@@ -5,6 +5,7 @@ import logging
 import re
 
 from core.records import Sample
+from core.answers import extract_answer, last_boxed
 from core.registry import register
 
 # math-verify warns on every call that its own (signal-based, main-thread-only) timeout is
@@ -12,33 +13,21 @@ from core.registry import register
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (balanced braces), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
-    return None
-
-
 @register("reward", "math_verify")
-def math_verify(sample: Sample, float_rounding: int = 6, answer_pattern: str | None = None) -> float:
-    """1.0 when the response's final answer (\\boxed{}, LaTeX or a plain number) is
-    mathematically equal to `sample.answer` (numbers, fractions, expressions, sets,
-    intervals), by Hugging Face math-verify; else 0.0. `answer_pattern`: a regex whose first
-    group, in its last match, holds the answer (e.g. "#(.*)$"); no match scores 0.0. Without
-    it math-verify reads the whole response (a boxed answer, else the last expression)."""
+def math_verify(sample: Sample, extractor: str | None = None, float_rounding: int = 6) -> float:
+    """1.0 when the response's final answer is mathematically equal to `sample.answer`
+    (numbers, fractions, expressions, sets, intervals), by Hugging Face math-verify; else 0.0.
+    `extractor`: the answer format the response states its answer in (core/answers.py: boxed,
+    hashes, last_number, regex:..., a task's own; set it to ${data.answer_format}); a response
+    stating no answer scores 0.0. null: math-verify reads the whole response (a \\boxed{}
+    answer, else the last expression)."""
     from math_verify import parse, verify
     text = sample.response_text
-    if answer_pattern is not None:
-        matches = list(re.finditer(answer_pattern, text, re.S))
-        if not matches:
+    if extractor is not None:
+        answer = extract_answer(text, extractor)
+        if answer is None:
             return 0.0
-        text = _as_latex(matches[-1].group(1).strip())
+        text = _as_latex(answer)
     gold = parse(_as_latex(str(sample.answer)), parsing_timeout=None)
     pred = parse(text, parsing_timeout=None)
     if not gold or not pred:

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
+from core.answers import extract_answer
 from core.records import Prompt
 from tasks.toy_arith import ToyArithmetic, scratchpad
 from tasks.toy_code import ToyCode
@@ -21,12 +22,13 @@ log = logging.getLogger("rewardmill.data")
 class ToyDataset:
     """Problems of a toy task (anything with `problem(split, index)`: ToyArithmetic, ToyCode)
     by index. With `twin_views` (addition only), each prompt carries a rephrased twin (the
-    operands in reverse order: same answer, other wording), which the rollout worker samples
-    as a second group (Co-Reward's cross-view pairs; see `with_twins`)."""
+    operands in reverse order: same answer, other wording), which the prompt stream serves
+    right after it as a second group (Co-Reward's cross-view pairs; see `with_twins`)."""
 
     def __init__(self, task: ToyArithmetic | ToyCode, split: str, size: int | None = None,
                  twin_views: bool = False):
         self.task, self.split, self.size, self.twin_views = task, split, size, twin_views
+        self.views_per_prompt = 2 if twin_views else 1   # groups sampled per prompt
 
     def __len__(self):
         return self.size
@@ -48,8 +50,10 @@ def with_twins(prompts: list[Prompt]) -> list[Prompt]:
         out.append(p)
         twin = p.metadata.get("twin")
         if twin:
-            out.append(Prompt(f"{p.prompt_id}~twin", twin["text"], p.answer,
-                              {"solution": twin.get("solution"), "pair": p.prompt_id, "view": 1}))
+            metadata = {"solution": twin.get("solution"), "pair": p.prompt_id, "view": 1}
+            if "question" in twin:
+                metadata["question"] = twin["question"]
+            out.append(Prompt(f"{p.prompt_id}~twin", twin["text"], p.answer, metadata))
     return out
 
 
@@ -60,11 +64,14 @@ class BadRowError(ValueError):
 def load_prompt_file(path: str, prompt_field: str, answer_field: str,
                      solution_field: str | None = None, max_prompt_tokens: int | None = None,
                      count_tokens: Callable[[str], int] | None = None,
-                     on_bad_row: str = "skip") -> tuple[list[Prompt], dict[str, int]]:
+                     on_bad_row: str = "skip", answer_format: str | None = None,
+                     ) -> tuple[list[Prompt], dict[str, int]]:
     """Read prompts from a JSONL or Parquet file with the `datasets` library.
 
-    A row with a missing field, an empty prompt or a prompt over `max_prompt_tokens` is
-    skipped and counted (on_bad_row="skip") or stops the run with an error naming the
+    `answer_format` (core/answers.py) reads the reference answer out of the answer field, for
+    datasets that store a worked solution there (GSM8K: "... #### 72" with "hashes").
+    A row with a missing field, an empty prompt, a prompt over `max_prompt_tokens` or (with
+    `answer_format`) no answer in its answer field is skipped and counted (on_bad_row="skip") or stops the run with an error naming the
     file, the row and the field (on_bad_row="error").
     """
     if on_bad_row not in ("skip", "error"):
@@ -83,6 +90,12 @@ def load_prompt_file(path: str, prompt_field: str, answer_field: str,
     prompts, skipped = [], {}
     for i, row in enumerate(rows):
         problem = _row_problem(row, prompt_field, answer_field, max_prompt_tokens, count_tokens)
+        answer = row.get(answer_field)
+        if not problem and answer_format:
+            answer = extract_answer(str(answer), answer_format)
+            if answer is None:
+                problem = (f"no reference answer: field {answer_field!r} states none in "
+                           f"data.file.answer_format={answer_format!r}")
         if problem:
             if on_bad_row == "error":
                 raise BadRowError(f"{path}: row {i}: {problem} (set data.file.on_bad_row=skip "
@@ -93,7 +106,7 @@ def load_prompt_file(path: str, prompt_field: str, answer_field: str,
         meta = {"row": i}
         if solution_field and row.get(solution_field) is not None:
             meta["solution"] = str(row[solution_field])
-        prompts.append(Prompt(f"{file.stem}-{i}", str(row[prompt_field]), row[answer_field], meta))
+        prompts.append(Prompt(f"{file.stem}-{i}", str(row[prompt_field]), answer, meta))
     if skipped:
         log.warning("%s: skipped %d malformed rows (%s); %d rows kept", path,
                     sum(skipped.values()), ", ".join(f"{k}: {v}" for k, v in skipped.items()),
@@ -118,7 +131,8 @@ def _row_problem(row: dict, prompt_field: str, answer_field: str,
 
 
 class PromptStream:
-    """Endless, seeded, resumable walk over a dataset (reshuffled each epoch)."""
+    """Endless, seeded, resumable walk over a dataset (reshuffled each epoch). Each prompt is
+    followed by its other views, if the dataset has them (`views_per_prompt` groups each)."""
 
     def __init__(self, dataset, seed: int, shuffle: bool = True):
         self.dataset, self.seed, self.shuffle = dataset, seed, shuffle
@@ -142,7 +156,11 @@ class PromptStream:
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
             out.append(self.dataset[self._index(self.position)])
             self.position += 1
-        return out
+        return with_twins(out)
+
+    @property
+    def views_per_prompt(self) -> int:
+        return getattr(self.dataset, "views_per_prompt", 1)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}

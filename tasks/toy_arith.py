@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from core.registry import register
+
 STEP_END = ";"
 ANSWER_MARK = "#"
 
@@ -66,6 +68,13 @@ def extract_answer(response: str) -> int | None:
         return None
     tail = response.rsplit(ANSWER_MARK, 1)[1].strip()
     return int(tail) if tail.isdigit() else None
+
+
+@register("extractor", "toy")
+def toy_answer(text: str) -> str | None:
+    """The toy scratchpad's answer format (data.answer_format=toy): the integer after '#'."""
+    value = extract_answer(text)
+    return None if value is None else str(value)
 
 
 def check_steps(prompt: str, response: str) -> list[bool]:

@@ -1,7 +1,9 @@
 """The code reward through the reward worker: extraction, sandboxed tests, partial credit."""
+import pytest
+
 from actors.reward import RewardWorker
 from core.records import Sample
-from rewards.code import extract_code
+from rewards.code import extract_code, program_of
 
 TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
 
@@ -15,6 +17,21 @@ def test_extract_code_takes_the_last_fenced_block():
     text = "first\n```python\nx = 1\n```\nthen\n```\ndef add(a, b): return a + b\n```\n"
     assert extract_code(text) == "def add(a, b): return a + b\n"
     assert extract_code("def f(): pass") == "def f(): pass"
+
+
+def test_prefix_prompt_puts_the_prompt_code_before_the_response():
+    prompt = 'def add(a, b):\n    """Sum."""\n'
+    raw = _sample("    return a + b\n")
+    raw.metadata["code_prefix"] = prompt
+    assert program_of(raw, "prompt") == prompt + "    return a + b\n"   # continues the body
+    fenced = _sample("Sure:\n```python\ndef add(a, b):\n    return b + a\n```")
+    fenced.metadata["code_prefix"] = prompt
+    assert program_of(fenced, "prompt") == prompt + "\ndef add(a, b):\n    return b + a\n"
+    assert program_of(fenced) == "def add(a, b):\n    return b + a\n"   # prefix=none
+    with pytest.raises(ValueError, match="code_prefix"):
+        program_of(_sample("    return a + b\n"), "prompt")
+    with pytest.raises(ValueError, match="prefix must be one of"):
+        program_of(raw, "docstring")
 
 
 def test_code_reward_scores_fractions_and_survives_hostile_code():

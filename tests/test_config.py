@@ -23,7 +23,7 @@ def test_default_config_is_valid(tmp_path):
     ("algorithm.estimator=nope", "algorithm.estimator='nope'"),
     ("reward.sources.0.fn=no_such_fn", "reward.sources[0].fn='no_such_fn'"),
     ("eval.accuracy_source=judge", "eval.accuracy_source='judge'"),
-    ("data.source=file", "data.file.train_path=None"),
+    ("data=file reward=verifier", "data.file.train_path=None"),
     ("steps=-1", "steps=-1"),
     ("rollout.max_new_tokens=500", "model.tiny.max_position_embeddings=256"),
     ("algorithm=pacs learner.micro_batch_size=6", "learner.micro_batch_size=6"),

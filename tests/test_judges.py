@@ -141,7 +141,7 @@ def test_cooper_negatives_from_a_served_assistant(judges, judge_model):
                    response_text=p.solution, answer=p.answer)
         s.rewards["correct"] = 1.0
         samples.append(s)
-    cooper = Cooper(judge_model, negatives="assistant", assistant_url=fast, lr=1e-3,
+    cooper = Cooper(judge_model, "toy_exact", negatives="assistant", assistant_url=fast, lr=1e-3,
                     template="{response}")
     stats = cooper.update(samples)
     assert stats["rm_pairs"] == 4 and math.isfinite(stats["rm_loss"])

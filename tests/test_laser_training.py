@@ -15,7 +15,7 @@ from orchestrator.cluster import Cluster, Ready
 from orchestrator.config import ConfigError, validate
 from orchestrator.learner_group import LearnerGroup
 from orchestrator.main import learner_settings
-from rewards.self_rewards import laser_loss, laser_mixed_advantages, laser_self_reward
+from core.laser import laser_loss, laser_mixed_advantages, laser_self_reward
 from tests.conftest import compose
 
 ARCH = dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

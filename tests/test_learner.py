@@ -8,7 +8,8 @@ import torch
 
 from core.models import build_tiny_policy, load_policy, load_tokenizer
 from core.records import Batch, Sample
-from learners.prepare import build_sft_batch, build_train_batch
+from learners.micro_batches import token_micro_batches
+from learners.prepare import build_pair_batch, build_sft_batch, build_train_batch
 from orchestrator.cluster import Cluster, Ready
 from orchestrator.learner_group import LearnerGroup
 from orchestrator.main import learner_settings, uses_reference
@@ -45,12 +46,27 @@ def _samples():
     return samples
 
 
-def _train(cluster, base, cfg, ranks):
+def _skewed_samples():
+    """16 responses of 1-3 or 30-40 tokens; in each mini-batch of 8 the first 4 (rank 0's share
+    on 2 ranks) are short and the last 4 long, so token packing differs most between ranks."""
+    rng = random.Random(1)
+    samples = []
+    for i in range(16):
+        n = rng.randint(1, 3) if i % 8 < 4 else rng.randint(30, 40)
+        samples.append(Sample(prompt_id=str(i // 4), group_id=str(i // 4),
+                              prompt_ids=[rng.randint(3, 60) for _ in range(rng.randint(2, 6))],
+                              response_ids=[rng.randint(3, 60) for _ in range(n)],
+                              behaviour_logprobs=[-4.0] * n, policy_version=0,
+                              reward=float(i % 2)))
+    return samples
+
+
+def _train(cluster, base, cfg, ranks, samples=_samples, **settings):
     """One RL step on a fixed batch; returns (metrics, policy weights, annotations)."""
-    group = LearnerGroup(cluster, base, {**learner_settings(cfg), "threads": 1}, ranks,
-                         use_reference=uses_reference(cfg))
+    group = LearnerGroup(cluster, base, {**learner_settings(cfg), "threads": 1, **settings},
+                         ranks, use_reference=uses_reference(cfg))
     recipe = batch_recipe(cfg)
-    samples = copy.deepcopy(_samples())
+    samples = copy.deepcopy(samples())
     needs = Scheduler.annotation_needs_of(recipe)
     annotations = {}
     if needs:
@@ -108,3 +124,72 @@ def test_memory_savers_take_the_same_step(tmp_path, base):
         assert torch.allclose(plain[k], saved[k], atol=1e-6), k
     for k in ("loss", "entropy", "policy_loss"):
         assert plain_metrics[k] == pytest.approx(saved_metrics[k], abs=1e-6), k
+
+
+TOKEN_COMMON = ["learner.mini_batch_size=8", "learner.micro_batch_size=4", "learner.epochs=2",
+                "learner.lr=1e-3", "algorithm.entropy_coef=0.01", "rollout.max_new_tokens=40"]
+
+
+def _same_step(a, b, atol=1e-5):
+    (a_metrics, a_state, _), (b_metrics, b_state, _) = a, b
+    for k in a_state:
+        assert torch.allclose(a_state[k], b_state[k], atol=atol), k
+    for k, v in a_metrics.items():
+        if k != "grad_norm":
+            assert v == pytest.approx(b_metrics[k], abs=atol), k
+
+
+@pytest.mark.parametrize("algorithm, extra", [("grpo", ["algorithm.kl_coef=0.1"]),
+                                              ("ppo", []),      # critic values, GAE
+                                              ("pacs", [])])    # whole groups per micro-batch
+def test_a_token_budget_takes_the_same_step_as_rows(tmp_path, base, algorithm, extra):
+    """Packing by length (45 tokens: 3 short rows share a forward, a 40-token row runs alone,
+    over budget) changes what runs together, not the step: the loss weights are fixed per
+    mini-batch, so the micro-batch losses sum to the same whole."""
+    cfg = compose(tmp_path, f"algorithm={algorithm}", *TOKEN_COMMON, *extra)
+    rows = _train(Cluster("inline"), base, cfg, 1, _skewed_samples)
+    tokens = _train(Cluster("inline"), base, cfg, 1, _skewed_samples, micro_batch_tokens=45)
+    start = load_policy(base).state_dict()
+    assert any(not torch.equal(rows[1][k], start[k]) for k in start)
+    _same_step(rows, tokens)
+
+
+def test_two_ranks_with_uneven_lengths_agree_on_micro_batches(tmp_path, base, ray_cluster):
+    """Rank 0 holds only short rows (one forward fits them), rank 1 only long ones (one
+    forward each): rank 0 splits to rank 1's count, so FSDP's collectives pair up, and the
+    step is the 1-rank step."""
+    rows = Batch.from_samples(_skewed_samples(), 0)
+    own_counts = [len(token_micro_batches(rows.select(slice(r * 4, r * 4 + 4)), 45, "row"))
+                  for r in (0, 1)]
+    assert own_counts == [1, 4]   # left alone, rank 0 would run 1 forward to rank 1's 4
+    cfg = compose(tmp_path, "algorithm=grpo", *TOKEN_COMMON, "algorithm.kl_coef=0.1")
+    one = _train(Cluster("inline"), base, cfg, 1, _skewed_samples, micro_batch_tokens=45)
+    two = _train(ray_cluster, base, cfg, 2, _skewed_samples, micro_batch_tokens=45)
+    _same_step(one, two)
+    assert two[0]["optimizer_steps"] == 4
+
+
+def test_a_token_budget_keeps_preference_pairs_whole(tmp_path, base):
+    """SimPO over pairs whose lengths differ a lot: packing by tokens keeps each chosen /
+    rejected pair in one micro-batch and takes the row path's step."""
+    rng = random.Random(2)
+    prompts, chosen, rejected = [], [], []
+    for k in range(4):
+        prompts.append([rng.randint(3, 60) for _ in range(rng.randint(2, 6))])
+        chosen.append([rng.randint(3, 60) for _ in range(rng.choice([2, 30]))])
+        rejected.append([rng.randint(3, 60) for _ in range(rng.choice([3, 35]))])
+    batch = Ready(build_pair_batch(prompts, chosen, rejected, 0))
+    settings = {**learner_settings(compose(tmp_path)), "lr": 1e-3, "threads": 1,
+                "preference_loss": "simpo", "micro_batch_size": 2}
+    out = []
+    for extra in ({}, {"micro_batch_tokens": 50}):
+        group = LearnerGroup(Cluster("inline"), base, {**settings, **extra}, 1,
+                             use_reference=False)
+        metrics = group.run("preference_step", batch)[0]
+        out.append((metrics, _policy_state(group), None))
+        group.shutdown()
+    _same_step(*out)
+
+
+def _policy_state(group):
+    return group.cluster.get(group.state_future())

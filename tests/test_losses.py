@@ -6,7 +6,7 @@ import torch
 
 from core.registry import lookup
 from learners.losses import LossInputs, aggregation_weights, kl_estimate
-from learners.preference import dpo_loss, simpo_loss
+from core.preference_losses import dpo_loss, simpo_loss
 
 
 def loss_inputs(logprobs, old, adv, weights=None, mask=None, **extras):

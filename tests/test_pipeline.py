@@ -33,8 +33,8 @@ def test_inline_run_survives_raising_and_hanging_rewards(tmp_path):
         assert r["reward/flagged/correct"] == 0
         assert r["train/logprob_mismatch"] < 1e-4   # sampler and learner agree
         assert r["time/scheduler_overhead"] >= 0
-    # flagged samples get no gradient, so with every sample flagged nothing is trained
-    assert all(r["train/loss"] == 0 for r in rows)
+    # a weight-0 source that nothing reads only informs: its flags mask no token
+    assert all(r["advantage/trained_token_fraction"] == 1.0 for r in rows)
     policy = run_dir / "checkpoints" / "step_000002" / "policy"
     model = AutoModelForCausalLM.from_pretrained(policy)
     assert model.config.model_type == "qwen2"
@@ -78,6 +78,6 @@ def test_file_dataset_run(tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in rows))
     cfg = compose(tmp_path, "cluster=inline", "data=file", f"data.file.train_path={data}",
                   f"data.file.eval_path={data}", "data.file.prompt_field=q",
-                  "data.file.answer_field=a", "steps=1")
+                  "data.file.answer_field=a", "reward=verifier", "data.answer_format=toy", "steps=1")
     summary = run(cfg)
     assert summary["steps"] == 1

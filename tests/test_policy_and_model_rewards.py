@@ -91,7 +91,7 @@ def test_policy_sources_run_on_the_rollout_worker_with_the_sampling_weights(tiny
     assert sum(s.rewards["self_verify"] for s in samples) == pytest.approx(0.0, abs=1e-6)
     assert worker.state_dict()["self_verify"]["c_ref"] < 0
     assert len(worker.state_dict()["rlpr"]["baselines"]) == 3
-    votes = certainty_vote(samples[:2], certainty_source="certainty")
+    votes = certainty_vote(samples[:2], "toy", certainty_source="certainty")
     assert sorted(set(votes)) in ([0.0, 1.0], [1.0], [0.0])
 
 
@@ -125,7 +125,8 @@ def test_reward_model_scores_and_cooper_learns_from_verified_pairs(tiny):
     # A random tiny RM, plain template. lr 1e-2 made the fit chaotic: the loss spiked to 1.58
     # with 1 torch thread and fell with 2. At 1e-3 x 50 steps the loss fell by 0.39-0.69
     # (accuracy >= 0.75) over 60 head inits, with 1 and 2 threads; the seed fixes the head.
-    cooper = Cooper(tiny, lr=1e-3, seed=0, template="{response}")
+    cooper = Cooper(tiny, "toy_exact", negatives="tasks.toy_arith.corrupt", lr=1e-3, seed=0,
+                    template="{response}")
     first = cooper.update(samples)
     assert first["rm_pairs"] == 8                           # one pair per group with a positive
     for _ in range(50):     # the same negatives each time: the RM must fit these pairs
@@ -133,7 +134,8 @@ def test_reward_model_scores_and_cooper_learns_from_verified_pairs(tiny):
         last = cooper.update(samples)
     assert last["rm_loss"] < first["rm_loss"] - 0.2 and last["rm_pair_accuracy"] >= 0.75
     state = cooper.state_dict()
-    fresh = Cooper(tiny, lr=1e-3, seed=0, template="{response}")
+    fresh = Cooper(tiny, "toy_exact", negatives="tasks.toy_arith.corrupt", lr=1e-3, seed=0,
+                    template="{response}")
     fresh.load_state_dict(state)
     assert fresh([samples[0]]) == pytest.approx(cooper([samples[0]]), abs=1e-6)
     # no verified positive in a group -> no pair, no update
@@ -152,10 +154,10 @@ def test_cooper_group_negatives_and_no_learning_from_held_out_samples(tiny):
     for s in samples[1::2]:              # pairs of a right and a wrong response per group
         s.group_id = samples[0].group_id if s is samples[1] else samples[2].group_id
         s.response_text, s.rewards["correct"] = "1+1=2;#2", 0.0
-    cooper = Cooper(tiny, negatives="group", lr=1e-2, seed=0, template="{response}")
+    cooper = Cooper(tiny, "toy_exact", negatives="group", lr=1e-2, seed=0, template="{response}")
     assert cooper.update(samples)["rm_pairs"] == 2          # each group's rejected response
     worker = RewardWorker([{"name": "cooper", "fn": "cooper", "scope": "batch", "timeout_s": 60,
-                            "kwargs": {"path": tiny, "negatives": "group", "template": "{response}"}}])
+                            "kwargs": {"path": tiny, "verifier": "toy_exact", "negatives": "group", "template": "{response}"}}])
     rm = worker.functions["cooper"]
     worker.score(samples, learn=False)   # held-out evaluation: scored, not learned from
     assert rm.updates == 0

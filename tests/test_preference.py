@@ -47,6 +47,6 @@ def test_preference_training_learns_the_pairs(tmp_path, loss):
 
 def test_bradley_terry_worked_example():
     import torch
-    from learners.preference import bradley_terry_loss
+    from core.preference_losses import bradley_terry_loss
     loss, gap = bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.5]))
     assert float(loss) == pytest.approx(0.2014, abs=1e-4) and float(gap) == 1.5  # Cooper spec

@@ -14,7 +14,6 @@ REWARDS = sorted(p.stem for p in (REPO / "conf" / "reward").glob("*.yaml"))
 EXTRA = {  # what a method needs besides reward=<name>
     "co_reward": ["data.toy.twin_views=true"],
     "constrained": ["algorithm=constrained"],
-    "code": ["data=toy_code"],   # unit tests as answers (addition answers are not tests)
     "reward_model": ["reward_model.steps=6", "reward_model.pairs_per_step=8",
                      "reward_model.micro_batch_size=16", "reward_model.eval_pairs=8"],
 }
@@ -23,6 +22,10 @@ EXTRA["cooper"] = EXTRA["par"] = EXTRA["reward_model"]
 # not parse, so those samples are flagged and counted; the logit-reading judges always score
 JUDGED = {n for n in REWARDS if "${judge.url}" in (REPO / "conf" / "reward" / f"{n}.yaml").read_text()}
 ALWAYS_PARSES = {"soft_verifier", "rlbff"}
+# flagged samples would leave the first step nothing to train on, which stops a run: train on
+# their failure_value instead, so the flags are counted and the run goes on
+for _name in JUDGED - ALWAYS_PARSES:
+    EXTRA[_name] = EXTRA.get(_name, []) + ["reward.exclude_flagged_from_loss=false"]
 
 
 @pytest.mark.parametrize("reward", REWARDS)

@@ -211,16 +211,16 @@ def test_pool_runs_in_parallel():
 
 
 def test_a_run_that_cannot_isolate_refuses_to_start(tmp_path, monkeypatch):
-    """Config validation stops reward=code before anything starts, naming the field; the
+    """Config validation stops reward=verifier on the code task before anything starts, naming the field; the
     machine is made to look isolation-free here (the real detection is tested above)."""
     from orchestrator import config
     from rewards.sandbox import Isolation
     from tests.conftest import compose
     monkeypatch.setattr(config.sandbox, "isolation",
                         lambda: Isolation("none", "userns: unshare: Operation not permitted"))
-    cfg = compose(tmp_path, "cluster=inline", "data=toy_code", "reward=code")
-    with pytest.raises(config.ConfigError, match=r"reward\.sources\[0\]\.kwargs\.allow_unisolated=False"):
+    cfg = compose(tmp_path, "cluster=inline", "data=toy_code", "reward=verifier")
+    with pytest.raises(config.ConfigError, match=r"data\.verifier\.kwargs\.allow_unisolated=False"):
         config.validate(cfg)
-    cfg = compose(tmp_path, "cluster=inline", "data=toy_code", "reward=code",
-                  "reward.sources.0.kwargs.allow_unisolated=true")
+    cfg = compose(tmp_path, "cluster=inline", "data=toy_code", "reward=verifier",
+                  "data.verifier.kwargs.allow_unisolated=true")
     config.validate(cfg)

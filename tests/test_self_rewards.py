@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from core.records import Sample
+from core.laser import (laser_balanced_weights, laser_loss, laser_mixed_advantages,
+                        laser_self_reward)
 from rewards.self_rewards import (LagrangeMultipliers, StdFilter, answer_of, borda_vote,
                                   borda_votes, char_ngram_embedding, co_reward, co_reward_labels,
                                   cosine_similarity_matrix, evol_rewards, evol_rl,
-                                  laser_balanced_weights, laser_loss, laser_mixed_advantages,
-                                  laser_self_reward, majority_answer, majority_vote,
+                                  majority_answer, majority_vote,
                                   repetition_penalty, rlpr_format_ok, rlpr_reward, rlpr_score,
                                   rlpr_splice, self_certainty_from_logits, text_after_think)
 
@@ -26,9 +27,9 @@ def sample(text: str, group: str = "g", **metadata) -> Sample:
 # --- answers and majority vote ---------------------------------------------------------------
 
 def test_answer_of_extractors():
-    assert answer_of(sample("7+5=12;4+8+1=13;3+2+1=6;#632")) == "632"
-    assert answer_of(sample("7+5=12;")) is None
-    assert answer_of(sample("#")) is None
+    assert answer_of(sample("7+5=12;4+8+1=13;3+2+1=6;#632"), "toy") == "632"
+    assert answer_of(sample("7+5=12;"), "toy") is None
+    assert answer_of(sample("#"), "toy") is None
     assert answer_of(sample("so \\boxed{ 3/4 } done"), "boxed") == "3/4"
     assert answer_of(sample("\\boxed{ }"), "boxed") is None
     assert answer_of(sample("no box"), "boxed") is None
@@ -45,8 +46,8 @@ def test_majority_answer_ties_and_none():
 def test_majority_vote_source_on_toy_samples():
     group = [sample("7+5=12;4+8+1=13;3+2+1=6;#632"), sample("7+5=12;4+8=12;3+2+1=6;#622"),
              sample("7+5=12;4+8+1=13;3+2+1=6;#632"), sample("7+5=12;")]
-    assert majority_vote(group) == [1.0, 0.0, 1.0, 0.0]
-    assert majority_vote([sample("no answer")]) == [0.0]
+    assert majority_vote(group, "toy") == [1.0, 0.0, 1.0, 0.0]
+    assert majority_vote([sample("no answer")], "toy") == [0.0]
 
 
 # --- EVOL-RL ---------------------------------------------------------------------------------
@@ -84,7 +85,7 @@ def test_evol_rl_source_on_toy_samples():
     group = [sample("7+5=12;4+8+1=13;3+2+1=6;#632"), sample("ok: 7+5=12;4+8+1=13;3+2+1=6;#632"),
              sample("7+5=12; 4+8+1=13; 3+2+1=6; #632"), sample("7+5=12;4+8=12;3+2=5;#522"),
              sample("7+5=11;4+8=12;3+2=5;#521"), sample("I give up")]
-    r = evol_rl(group)
+    r = evol_rl(group, "toy")
     assert r[5] == -1.0                                  # no answer: invalid
     assert all(0.5 <= x <= 1.0 for x in r[:3]) and max(r[:3]) == 1.0
     assert all(-1.0 <= x <= -0.5 for x in r[3:5])
@@ -108,7 +109,7 @@ def test_co_reward_batch_source():
     batch += [sample("#5", "g2", pair="q2", view=0), sample("#5", "g3")]   # no twin, no pair
     batch.insert(2, batch.pop(5))                                          # order must not matter
     # order: o5 o5 t3 o3 o5 t5 t3 t3 | q2 alone | no pair
-    assert co_reward(batch) == [0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert co_reward(batch, "toy") == [0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
 # --- Self-certainty --------------------------------------------------------------------------

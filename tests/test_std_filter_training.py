@@ -44,6 +44,8 @@ class ScriptedPipeline(Pipeline):
 
 
 class FakePrompts:
+    views_per_prompt = 1
+
     def next(self, n):
         return [Prompt(f"p{k}", "1+1=") for k in range(n)]
 

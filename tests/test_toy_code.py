@@ -1,5 +1,5 @@
 """The toy code task: deterministic problems whose reference passes its tests in the real
-sandbox (and a table of the examples does not), and reward=code in the main job."""
+sandbox (and a table of the examples does not), and reward=verifier in the main job."""
 import json
 
 import pytest
@@ -48,15 +48,15 @@ def test_reference_passes_and_wrong_answers_fail_in_the_sandbox():
 
 def test_config_refuses_what_the_code_task_cannot_do(tmp_path):
     with pytest.raises(ConfigError, match="data.toy.twin_views"):
-        validate(compose(tmp_path, "data=toy_code", "reward=code", "data.toy.twin_views=true"))
+        validate(compose(tmp_path, "data=toy_code", "reward=verifier", "data.toy.twin_views=true"))
     with pytest.raises(ConfigError, match="data=toy_code"):
-        validate(compose(tmp_path, "data.source=toy_code", "reward=code"))
+        validate(compose(tmp_path, "data.source=toy_code", "reward=verifier"))
     with pytest.raises(ConfigError, match="data.toy_code"):
-        validate(compose(tmp_path, "data=toy_code", "reward=code", "data.toy_code.examples=1"))
+        validate(compose(tmp_path, "data=toy_code", "reward=verifier", "data.toy_code.examples=1"))
 
 
 def test_code_reward_runs_in_the_main_job(tmp_path):
-    cfg = compose(tmp_path, "cluster=inline", "data=toy_code", "reward=code", "eval.num_prompts=4")
+    cfg = compose(tmp_path, "cluster=inline", "data=toy_code", "reward=verifier", "eval.num_prompts=4")
     summary = run(cfg)
     assert summary["steps"] == 2
     run_dir = tmp_path / "outputs" / cfg.experiment_name / cfg.run_name

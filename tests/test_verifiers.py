@@ -29,9 +29,9 @@ def test_math_verify_reads_the_answer_after_a_marker():
     # the toy scratchpad: without the pattern math-verify reads the last step's "6", not "632"
     toy = "7+5=12;4+8+1=13;3+2+1=6;#632"
     assert math_verify(_s(toy, 632)) == 0.0
-    assert math_verify(_s(toy, 632), answer_pattern="#([^#]*)$") == 1.0
-    assert math_verify(_s("#1/2", "0.5"), answer_pattern="#([^#]*)$") == 1.0
-    assert math_verify(_s("7+5=12;", 12), answer_pattern="#([^#]*)$") == 0.0   # no answer
+    assert math_verify(_s(toy, 632), extractor="regex:#([^#]*)$") == 1.0
+    assert math_verify(_s("#1/2", "0.5"), extractor="regex:#([^#]*)$") == 1.0
+    assert math_verify(_s("7+5=12;", 12), extractor="regex:#([^#]*)$") == 0.0   # no answer
 
 
 def test_math_verify_inside_reward_worker_threads():
