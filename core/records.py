@@ -40,6 +40,12 @@ class Sample:
     def flagged(self) -> bool:
         return bool(self.flags)
 
+    @property
+    def question(self) -> str:
+        """The task's question as written, before a chat template rendered it into
+        `prompt_text` (what judges and reward models should read)."""
+        return self.metadata.get("question", self.prompt_text)
+
     def token_mask(self) -> list[int]:
         return self.loss_mask if self.loss_mask is not None else [1] * len(self.response_ids)
 

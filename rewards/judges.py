@@ -78,7 +78,7 @@ def grm_pointwise(sample: Sample, k: int = 8, temperature: float = 0.5, max_toke
                   template: str = GRM_TEMPLATE, **judge) -> float:
     """DeepSeek-GRM pointwise reward: k judge samples, scores summed; reward S* / (10 k')
     in [0.1, 1] over the k' samples that parsed (DeepSeek-GRM: k = 8, temperature 0.5)."""
-    prompt = template.format(prompt=sample.prompt_text, response=sample.response_text)
+    prompt = template.format(prompt=sample.question, response=sample.response_text)
     outs = _complete([prompt], n=k, temperature=temperature, max_tokens=max_tokens,
                      **_judge_args(judge))[0]
     parsed = [parse_grm_scores(c.text, 1) for c in outs]
@@ -118,7 +118,7 @@ def pairwise_brpo(samples: list[Sample], seed: int = 0, max_tokens: int = 512,
     prompts = []
     for i in others:
         for first, second in ((samples[i], samples[ref]), (samples[ref], samples[i])):
-            prompts.append(template.format(prompt=samples[0].prompt_text,
+            prompts.append(template.format(prompt=samples[0].question,
                                            first=first.response_text, second=second.response_text))
     outs = _complete(prompts, temperature=0.0, max_tokens=max_tokens, **_judge_args(judge))
     wins: list[bool | None] = [None] * len(samples)
@@ -152,7 +152,7 @@ def rlbff(sample: Sample, principle: str, top_k: int = 20, template: str = RLBFF
           yes_token: str = "Yes", no_token: str = "No", **judge) -> float:
     """RLBFF reward r = logit(Yes) - logit(No) for "does the response satisfy `principle`".
     `yes_token`/`no_token`: the judge's first token of each answer (a character tokenizer: "Y", "N")."""
-    prompt = template.format(prompt=sample.prompt_text, response=sample.response_text,
+    prompt = template.format(prompt=sample.question, response=sample.response_text,
                              principle=principle)
     out = _complete([prompt], max_tokens=1, temperature=0.0, logprobs=top_k,
                     **_judge_args(judge))[0][0]
@@ -177,7 +177,7 @@ def two_token_probability(top_logprobs: dict[str, float], positive: str = "1",
 def soft_verifier(sample: Sample, top_k: int = 20, template: str = SOFT_VERIFIER_TEMPLATE,
                   **judge) -> float:
     """Soft verifier reward: the judge's probability that the response is correct."""
-    prompt = template.format(prompt=sample.prompt_text, answer=sample.answer,
+    prompt = template.format(prompt=sample.question, answer=sample.answer,
                              response=sample.response_text)
     out = _complete([prompt], max_tokens=1, temperature=0.0, logprobs=top_k,
                     **_judge_args(judge))[0][0]
@@ -212,7 +212,7 @@ def rubric(sample: Sample, criteria: list[dict], saturation: float | None = None
            **judge) -> float:
     """Rubric-anchored reward: one judge call per criterion ({criterion, weight, veto}),
     each scored 0..10 and scaled to [0, 1], then aggregated by `rubric_score`."""
-    prompts = [template.format(prompt=sample.prompt_text, response=sample.response_text,
+    prompts = [template.format(prompt=sample.question, response=sample.response_text,
                                criterion=c["criterion"]) for c in criteria]
     outs = _complete(prompts, temperature=0.0, max_tokens=max_tokens, **_judge_args(judge))
     scores = []
@@ -252,7 +252,7 @@ def self_judge(sample: Sample, max_tokens: int = 512, template: str = SELF_JUDGE
     score / 100. With `judge.model: policy` the served judge reloads the current policy every
     `judge.refresh_every` steps, so it lags the sampling policy by at most refresh_every - 1
     steps (logged as judge/staleness_steps); with 0 it stays the policy the run started from."""
-    prompt = template.format(prompt=sample.prompt_text, response=sample.response_text)
+    prompt = template.format(prompt=sample.question, response=sample.response_text)
     out = _complete([prompt], temperature=0.0, max_tokens=max_tokens, **_judge_args(judge))
     return parse_self_score(out[0][0].text)
 
@@ -309,7 +309,7 @@ def step_critique(sample: Sample, k: int = 4, vote: str = "majority", temperatur
                   max_tokens: int = 512, template: str = CRITIQUE_TEMPLATE, **judge) -> list[float]:
     """Granularity "step": k sampled critiques name the wrong steps; after voting, 1.0 marks
     a flagged step, 0.0 a clean one (CAPO: k = 4; intersection for small policies)."""
-    prompt = template.format(prompt=sample.prompt_text, answer=sample.answer,
+    prompt = template.format(prompt=sample.question, answer=sample.answer,
                              steps=numbered_steps(sample))
     outs = _complete([prompt], n=k, temperature=temperature, max_tokens=max_tokens,
                      **_judge_args(judge))[0]
@@ -338,7 +338,7 @@ def genprm_first_error(sample: Sample, max_tokens: int = 512, mark: str = "corre
     error on, so step_reduce "max" is 1.0 for a flawed solution (what FAPO's flaw_source reads)."""
     if mark not in ("correct", "wrong"):
         raise ValueError(f"genprm_first_error kwargs.mark must be 'correct' or 'wrong', got {mark!r}")
-    prompt = template.format(prompt=sample.prompt_text, answer=sample.answer,
+    prompt = template.format(prompt=sample.question, answer=sample.answer,
                              steps=numbered_steps(sample))
     out = _complete([prompt], temperature=0.0, max_tokens=max_tokens, **_judge_args(judge))
     boxed = last_boxed(out[0][0].text)

@@ -61,7 +61,7 @@ class ScalarRewardModel:
 
 
 def _render(template: str, sample: Sample, response: str | None = None) -> str:
-    return template.format(prompt=sample.prompt_text, answer=sample.answer,
+    return template.format(prompt=sample.question, answer=sample.answer,
                            response=sample.response_text if response is None else response)
 
 
@@ -167,7 +167,7 @@ class Cooper:
         from rewards.judge_client import client_for
         words = len(positive.response_text.split())
         [out] = client_for(self.assistant_url, self.assistant_model).complete(
-            [NEGATIVE_INSTRUCTION.format(prompt=positive.prompt_text, response=positive.response_text)],
+            [NEGATIVE_INSTRUCTION.format(prompt=positive.question, response=positive.response_text)],
             max_tokens=words + 500, temperature=0.7)
         return out[0].text if out else None
 

@@ -15,8 +15,8 @@ def toy_exact(sample: Sample) -> float:
 @register("reward", "toy_steps")
 def toy_steps(sample: Sample) -> float:
     """Fraction of the true scratchpad steps written correctly, in order (0.0 to 1.0)."""
-    verdicts = check_steps(sample.prompt_text, sample.response_text)
-    truth = sample.prompt_text.rstrip("=").split("+")
+    verdicts = check_steps(sample.question, sample.response_text)
+    truth = sample.question.rstrip("=").split("+")
     columns = max(len(x) for x in truth)
     return sum(verdicts[:columns]) / columns if verdicts else 0.0
 
@@ -29,7 +29,7 @@ def toy_step_errors(sample: Sample) -> list[float]:
     (CAPO): column steps are checked against the true scratchpad, the final "#answer"
     segment against the true sum.
     """
-    verdicts = check_steps(sample.prompt_text, sample.response_text)
+    verdicts = check_steps(sample.question, sample.response_text)
     out, column = [], 0
     for step in sample.steps or []:
         if step.endswith(STEP_END):
@@ -46,7 +46,7 @@ def toy_flawed(sample: Sample) -> float:
     """1.0 for a flawed positive (FAPO): the right answer reached through a wrong step."""
     if extract_answer(sample.response_text) != sample.answer:
         return 0.0
-    return 0.0 if all(check_steps(sample.prompt_text, sample.response_text)) else 1.0
+    return 0.0 if all(check_steps(sample.question, sample.response_text)) else 1.0
 
 
 @register("reward", "toy_hardness")

@@ -37,7 +37,7 @@ def build_model(folder: Path) -> str:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from core.models import build_char_tokenizer
+    from core.tiny_tokenizers import build_char_tokenizer
     tok = build_char_tokenizer()
     fields = dict(ARCH)
     config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=VOCAB,

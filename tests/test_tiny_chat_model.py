@@ -9,8 +9,8 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LogitsProcessor,
                           LogitsProcessorList)
 
-from core.models import (CHAR_MARKER, CHATML_TEMPLATE, build_tiny_policy, copy_tokenizer,
-                         load_policy, load_tokenizer)
+from core.models import CHAR_MARKER, build_tiny_policy, copy_tokenizer, load_policy, load_tokenizer
+from core.tiny_tokenizers import CHATML_TEMPLATE
 from tests.conftest import compose
 
 ARCH = dict(model_type="qwen2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
