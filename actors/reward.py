@@ -27,31 +27,58 @@ import math
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional
+
+from omegaconf import MISSING
 
 from core.records import Sample, groups_of
 from core.registry import lookup, register
+from core.schema import checked, problems
 
 log = logging.getLogger("rewardmill.reward")
+
+SCOPES, PLACES = ("sample", "group", "batch"), ("reward", "policy")
+
+STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v: min(v, default=0.0),
+               "max": lambda v: max(v, default=0.0), "sum": sum, "last": lambda v: v[-1] if v else 0.0}
+
+
+@dataclass
+class Gate:
+    """A source with a gate counts in the combined reward only when another source passes."""
+
+    source: str = MISSING           # name of the source that opens the gate
+    min: float = 1.0                # it opens when that source scores >= min
 
 
 @dataclass
 class RewardSource:
-    name: str                       # key in sample.rewards and in the logs
-    fn: str                         # registered reward name or dotted import path
-    weight: float = 1.0             # factor in the combined reward
-    scope: str = "sample"           # "sample", "group" (needs all G responses) or "batch"
-    runs_on: str = "reward"         # "reward" worker, or "policy": the rollout worker, with
-                                    # the weights that sampled (policy-coupled rewards)
-    timeout_s: float = 10.0         # wall seconds one call may take
-    failure_value: float = 0.0      # score given when the call fails or times out
-    granularity: str = "response"   # "response": one number; "step": one per sample.steps
-    step_reduce: str = "mean"       # step source's scalar: mean | min | max | sum | last of its steps
-    gate: dict | None = None        # {source: name, min: x}: counts only when that source >= x
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    """One entry of `reward.sources` (the config schema's type for it, orchestrator/schema.py,
+    and what the reward worker runs): every field's default and meaning is here."""
+
+    name: str                       # key in sample.rewards and in the logs (reward/<name>)
+    fn: str                         # registered reward name (rewards/, tasks/) or dotted import path
+    weight: float = 1.0             # factor in the combined reward; 0 = logged (and read by name) only
+    scope: str = checked("sample", choices=SCOPES)  # sample: fn(sample); group: fn(samples of one
+                                    # prompt, all G); batch: fn(all samples of the call)
+    runs_on: str = checked("reward", choices=PLACES)  # reward: the reward worker; policy: the rollout
+                                    # worker, with the weights that sampled (policy-coupled rewards)
+    timeout_s: float = checked(10.0, gt=0)  # wall seconds one call may take before the sample is flagged
+    failure_value: float = 0.0      # score of a flagged sample (raised, timed out, bad value)
+    granularity: str = checked("response", choices=("response", "step"))  # response: one number;
+                                    # step: one per sample.steps (needs rollout.step_delimiter)
+    step_reduce: str = checked("mean", choices=tuple(STEP_REDUCE))  # a step source's scalar in
+                                    # sample.rewards: mean | min | max | sum | last of its steps
+    gate: Optional[Gate] = None     # {source: name, min: x}: counts only when that source >= x
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for fn (a class:
+                                    # for its constructor)
+
+    def __post_init__(self):
+        if isinstance(self.gate, dict):
+            self.gate = Gate(**self.gate)
 
     def contribution(self, sample: Sample) -> float:
-        if self.gate and sample.rewards[self.gate["source"]] < self.gate.get("min", 1.0):
+        if self.gate and sample.rewards[self.gate.source] < self.gate.min:
             return 0.0
         return self.weight * sample.rewards[self.name]
 
@@ -60,12 +87,6 @@ class RewardSource:
 def weighted_sum(sample: Sample, sources: list[RewardSource]) -> float:
     """sum_k weight_k * score_k over the sources whose gate (if any) is open."""
     return sum(src.contribution(sample) for src in sources)
-
-
-SCOPES, PLACES = ("sample", "group", "batch"), ("reward", "policy")
-
-STEP_REDUCE = {"mean": lambda v: sum(v) / len(v) if v else 0.0, "min": lambda v: min(v, default=0.0),
-               "max": lambda v: max(v, default=0.0), "sum": sum, "last": lambda v: v[-1] if v else 0.0}
 
 
 class RewardWorker:
@@ -79,16 +100,12 @@ class RewardWorker:
             raise ValueError("reward.sources is empty: list at least one reward source")
         self.sources = [RewardSource(**s) for s in sources]
         for s in self.sources:
-            if s.scope not in SCOPES or s.runs_on not in PLACES:
-                raise ValueError(f"reward source {s.name!r}: scope must be one of {SCOPES} "
-                                 f"(got {s.scope!r}) and runs_on one of {PLACES} (got {s.runs_on!r})")
-            if s.granularity not in ("response", "step") or s.step_reduce not in STEP_REDUCE:
-                raise ValueError(f"reward source {s.name!r}: granularity must be response|step "
-                                 f"and step_reduce one of {sorted(STEP_REDUCE)}")
+            for key, value, why in problems(RewardSource, s):
+                raise ValueError(f"reward source {s.name!r}: {key}={value!r}: {why}")
         names = [s.name for s in self.sources]
         for s in self.sources:
-            if s.gate and s.gate.get("source") not in names:
-                raise ValueError(f"reward source {s.name!r}: gate source {s.gate.get('source')!r} "
+            if s.gate and s.gate.source not in names:
+                raise ValueError(f"reward source {s.name!r}: gate source {s.gate.source!r} "
                                  f"is not one of {names}")
         self.context = context
         self.place = "policy" if context is not None else "reward"

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from core.records import Batch, Sample
+from core.schema import checked
 from core.registry import lookup
 from learners.advantages import AdvantageInputs, declared, laser_mix
 from learners.losses import LaserLoss, aggregation_weights, kl_estimate
@@ -39,17 +40,25 @@ class BatchRecipe:
 
 @dataclass
 class LaserOptions:
-    """LaSeR training (arXiv:2510.14943): the `laser:` block of a reward config, where every
-    field is documented (conf/reward/laser.yaml)."""
+    """LaSeR training (arXiv:2510.14943), the `reward.laser` block of the config schema (a
+    reward config sets it to train with the self-reward; conf/reward/laser.yaml). The source's
+    own z_c, beta_v and c_ref are in its kwargs (rewards: fn laser), read by the learner too."""
 
-    self_reward_source: str = "self_verify"   # the fn: laser source that logs r_s
-    verifier_source: str = "correct"          # r_v, the 0/1 verifier reward
-    loss_coef: float = 0.1                    # alpha
-    balanced: bool = True                     # class-balanced MSE weights
-    reasoning_warmup_steps: int = 0           # steps before the loss counts
-    mix_coef: float = 0.1                     # tau; 0 turns mixing off
-    mix_std_threshold: float = 0.1            # T
-    self_rewarding_warmup_steps: int = 0      # further steps before mixing starts
+    self_reward_source: str = "self_verify"   # the fn: laser source whose r_s is mixed and whose
+                                              # z_c/beta_v/c_ref the loss uses
+    verifier_source: str = "correct"          # the 0/1 verifier reward r_v the self-reward learns to predict
+    loss_coef: float = checked(0.1, ge=0)     # alpha, weight of the MSE term mean_i w_i (r_s - r_v)^2
+                                              # in the loss (LaSeR: 0.1); 0 = no auxiliary loss
+    balanced: bool = True                     # class-balanced MSE weights (N_c+N_i)/(2 N_c) and
+                                              # (N_c+N_i)/(2 N_i) per mini-batch (LaSeR: true)
+    reasoning_warmup_steps: int = checked(0, ge=0)  # RL steps with the policy loss only, before the
+                                              # MSE counts (LaSeR: 200 for base models, 0 for ORZ)
+    mix_coef: float = checked(0.1, ge=0, le=1)  # tau: advantage = (1 - tau) A_v + tau A_s per group
+                                              # (LaSeR: 0.1); 0 = no mixing
+    mix_std_threshold: float = checked(0.1, ge=0)  # T: a group whose clamped self-rewards have
+                                              # unbiased std <= T keeps A_v (LaSeR: 0.1)
+    self_rewarding_warmup_steps: int = checked(0, ge=0)  # further RL steps after the reasoning
+                                              # warm-up before mixing starts (LaSeR: 200)
 
     @property
     def mix_start_step(self) -> int:

@@ -30,6 +30,7 @@ from core.records import Batch
 from core.registry import lookup
 from learners.losses import (LaserLoss, LossInputs, kl_estimate, laser_aux_loss, loss_needs,
                              value_loss)
+from learners.config import CriticConfig, LearnerConfig, PolicyLossConfig
 from learners.micro_batches import by_rows, token_micro_batches, without_padding
 from learners.token_stats import chunked_token_stats
 from core.preference_losses import bradley_terry_loss, dpo_loss, simpo_loss
@@ -39,40 +40,29 @@ warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a vi
 
 
 @dataclass
-class LearnerSettings:
-    """Learner hyper-parameters (documented in conf/learner/*.yaml and conf/algorithm/*.yaml)."""
+class LearnerSettings(PolicyLossConfig, LearnerConfig):
+    """What one learner rank runs with: every field of the `learner:` config (LearnerConfig) and
+    the policy-loss fields of `algorithm:` (PolicyLossConfig), whose defaults and meanings are
+    in learners/config.py; plus those below. A field with `from` metadata is read from that
+    config key (orchestrator/main.py learner_settings); the others are set by the job that
+    builds the learner (RL, warm start, preference training)."""
 
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    mini_batch_size: int = 64      # responses per optimizer step, all ranks together
-    micro_batch_size: int = 16     # responses per forward/backward on one rank
-    micro_batch_tokens: int | None = None  # instead: padded prompt+response tokens per
-                                   # forward/backward on one rank (learners/micro_batches.py)
-    epochs: int = 1                # passes over each rollout batch
-    loss: str = "ppo"              # policy loss name (learners/losses.py registry)
-    loss_options: dict = field(default_factory=dict)
-    kl_coef: float = 0.0           # KL(pi || pi_ref) as a loss term
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    temperature: float = 1.0       # the sampler's temperature: log-probs are of logits / T
-    recompute_old_logprobs: bool = True
-    tis_cap: float | None = None   # truncated IS weight min(pi_old / pi_behaviour, cap)
-    critic: bool = False           # train a value model (GAE)
-    critic_lr: float = 1e-5
-    value_clip: float | None = 0.2
+    dtype: str = field(default="float32", metadata={"from": "model.dtype"})  # "bfloat16": FSDP2
+                                   # computes in bf16, keeps fp32 master weights
+    seed: int = field(default=0, metadata={"from": "seed"})  # init of a fresh reward-model head
+                                   # (bradley_terry), every rank alike
+    temperature: float = field(default=1.0, metadata={"from": "rollout.temperature"})  # the
+                                   # sampler's temperature: log-probs are of logits / T
+    betas: tuple = (0.9, 0.999)    # AdamW betas
+    laser: dict | None = None      # LaSeR auxiliary loss (learners/losses.py LaserLoss); None = off
     preference_loss: str = "dpo"   # dpo | simpo | bradley_terry (preference_step only);
                                    # bradley_terry trains a scalar reward model, not a policy
-    preference_options: dict = field(default_factory=dict)
-    strategy: str = "fsdp2"        # "fsdp2", or "none": one rank, no sharding
-    threads: int = 0               # torch intra-op threads on CPU; 0 leaves torch's default
-    dtype: str = "float32"         # "bfloat16": FSDP2 computes in bf16, keeps fp32 master weights
-    laser: dict | None = None      # LaSeR auxiliary loss (learners/losses.py LaserLoss); None = off
-    seed: int = 0                  # init of a fresh reward-model head (bradley_terry), every rank alike
-    logit_chunk_tokens: int = 1024 # response tokens whose full-vocabulary logits exist at once
-    gradient_checkpointing: bool = False  # keep only layer inputs; recompute activations in backward
+    preference_options: dict = field(default_factory=dict)  # keyword arguments of the
+                                   # preference loss (beta, gamma, margin)
+
+    def __post_init__(self):
+        if isinstance(self.critic, dict):   # settings travel to Ray actors as plain dicts
+            self.critic = CriticConfig(**self.critic)
 
 
 class LearnerWorker:
@@ -118,10 +108,10 @@ class LearnerWorker:
         if self.use_reference:
             self.reference = self._sharded(load_policy(self.model_path)).eval()
             self.reference.requires_grad_(False)
-        if self.s.critic:
+        if self.s.critic.enabled:
             self.critic = self._sharded(_load_critic(self.model_path))
             self.critic_optimizer, self.critic_scheduler = self._optimizer(self.critic,
-                                                                           self.s.critic_lr)
+                                                                           self.s.critic.lr)
         if self.laser:
             self.laser_token_id = _token_id(self.model_path, self.laser.token)
         return self.rank
@@ -375,7 +365,7 @@ class LearnerWorker:
                 loss = loss + self.s.kl_coef * (w * kl).sum()
             if self.critic is not None:
                 stats["value_loss"] = value_loss(self._values(mb), x["old_values"], x["returns"],
-                                                 x["value_weights"], self.s.value_clip)
+                                                 x["value_weights"], self.s.critic.value_clip)
                 loss = loss + stats["value_loss"]
             if with_laser:
                 aux, laser_stats = self._laser_term(token["after"], x)

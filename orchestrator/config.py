@@ -1,7 +1,9 @@
 """Check a composed config before anything starts; every error names the field and the fix.
 
-Unknown keys are already refused by Hydra (struct mode); this checks types, ranges and the
-relations between fields (batch sizes that must divide, names that must exist).
+Unknown keys and wrong types are already refused by Hydra (the schema, orchestrator/schema.py);
+each field's range or choices is checked by the schema's walker (core/schema.py), first. This
+checks what relates fields: batch sizes that must divide, names that must exist, functions and
+their options, sandbox isolation, sources that apply to the data.
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import inspect
 from omegaconf import DictConfig, OmegaConf
 
 from core.registry import lookup, names as registered_names
+from core.schema import problems
 from learners.advantages import declared
-from learners.losses import AGGREGATIONS, loss_needs
+from learners.losses import loss_needs
+from orchestrator.schema import MainConfig
 from rewards import sandbox
-from tasks.sources import SOURCES
 from tasks.toy_code import ToyCode
 
 
@@ -28,27 +31,6 @@ def _get(cfg: DictConfig, key: str):
 def _check(ok: bool, key: str, value, problem: str) -> None:
     if not ok:
         raise ConfigError(f"config {key}={value!r}: {problem}")
-
-
-def _int_at_least(cfg: DictConfig, key: str, low: int) -> int:
-    value = _get(cfg, key)
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= low, key, value,
-           f"must be an integer >= {low}")
-    return value
-
-
-def _number_in(cfg: DictConfig, key: str, low: float, high: float, low_open=False) -> float:
-    value = _get(cfg, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    _check(ok, key, value, f"must be a number in {'(' if low_open else '['}{low}, {high}]")
-    return value
-
-
-def _one_of(cfg: DictConfig, key: str, choices) -> str:
-    value = _get(cfg, key)
-    _check(value in choices, key, value, f"choose one of {list(choices)}")
-    return value
 
 
 def _check_function(cfg: DictConfig, kind: str, key: str) -> None:
@@ -70,11 +52,6 @@ def _check_algorithm(cfg: DictConfig, group: int) -> None:
     a = "algorithm"
     _check_function(cfg, "advantage", f"{a}.estimator")
     _check_function(cfg, "loss", f"{a}.loss")
-    _one_of(cfg, f"{a}.loss_aggregation", AGGREGATIONS)
-    _one_of(cfg, f"{a}.kl_estimator", ("k1", "k2", "k3"))
-    _number_in(cfg, f"{a}.kl_coef", 0, float("inf"))
-    _number_in(cfg, f"{a}.kl_in_reward_coef", 0, float("inf"))
-    _int_at_least(cfg, f"{a}.max_sampling_rounds", 1)
     _check_group_filter(cfg, group)
     _check_estimator_properties(cfg, group)
     if cfg.algorithm.tis_cap is not None:
@@ -156,10 +133,7 @@ def _check_toy_code(cfg: DictConfig) -> None:
 def _check_group_filter(cfg: DictConfig, group: int) -> None:
     """algorithm.group_filter (and the older algorithm.dynamic_sampling switch)."""
     key, f = "algorithm.group_filter", cfg.algorithm.group_filter
-    kind = _one_of(cfg, f"{key}.kind", ("none", "uniform", "std_ema"))
-    switch = cfg.algorithm.dynamic_sampling
-    _check(switch in (None, True, False), "algorithm.dynamic_sampling", switch,
-           "choose true, false or null (null: algorithm.group_filter.kind decides)")
+    kind, switch = f.kind, cfg.algorithm.dynamic_sampling
     _check(switch is None or kind in ("none", "uniform"), "algorithm.dynamic_sampling", switch,
            f"conflicts with {key}.kind={kind}: drop algorithm.dynamic_sampling "
            f"(it is the older name of {key}.kind=uniform)")
@@ -174,10 +148,8 @@ def _check_group_filter(cfg: DictConfig, group: int) -> None:
            f"must be null (the combined reward) or name a reward source: one of {names}")
     if kind != "std_ema":
         return
-    _number_in(cfg, f"{key}.beta", 0, float("inf"))
-    _number_in(cfg, f"{key}.ema_ratio", 0, 1)
-    start = _int_at_least(cfg, f"{key}.ema_start_step", 1)
-    _check(_int_at_least(cfg, f"{key}.filter_start_step", 1) > start,
+    start = f.ema_start_step
+    _check(f.filter_start_step > start,
            f"{key}.filter_start_step", f.filter_start_step,
            f"must be greater than {key}.ema_start_step={start}: the EMA needs at least one "
            f"step's mean std before the first filtering step")
@@ -185,16 +157,10 @@ def _check_group_filter(cfg: DictConfig, group: int) -> None:
 
 def _check_laser(cfg: DictConfig, group: int) -> None:
     """reward.laser (LaSeR training, conf/reward/laser.yaml): named sources exist and are of the
-    right kind, coefficients are in range, and every rollout worker shares one c_ref."""
-    from learners.prepare import LaserOptions
-    key, block = "reward.laser", OmegaConf.select(cfg, "reward.laser")
+    right kind, and every rollout worker shares one c_ref (ranges: learners/prepare.py LaserOptions)."""
+    key, block = "reward.laser", cfg.reward.laser
     if block is None:
         return
-    try:
-        LaserOptions(**OmegaConf.to_container(block))
-    except TypeError as err:
-        raise ConfigError(f"config {key}: {err}; its fields are listed in "
-                          "conf/reward/laser.yaml") from None
     sources = {s.name: (i, s) for i, s in enumerate(cfg.reward.sources)}
     name = _get(cfg, f"{key}.self_reward_source")
     _check(name in sources, f"{key}.self_reward_source", name,
@@ -207,12 +173,7 @@ def _check_laser(cfg: DictConfig, group: int) -> None:
     verifier = _get(cfg, f"{key}.verifier_source")
     _check(verifier in sources and verifier != name, f"{key}.verifier_source", verifier,
            f"must name the verifier reward source (0/1), one of {[n for n in sources if n != name]}")
-    _number_in(cfg, f"{key}.loss_coef", 0, float("inf"))
-    _check(isinstance(block.balanced, bool), f"{key}.balanced", block.balanced, "choose true or false")
-    _int_at_least(cfg, f"{key}.reasoning_warmup_steps", 0)
-    tau = _number_in(cfg, f"{key}.mix_coef", 0, 1)
-    _number_in(cfg, f"{key}.mix_std_threshold", 0, float("inf"))
-    _int_at_least(cfg, f"{key}.self_rewarding_warmup_steps", 0)
+    tau = block.mix_coef
     _check(tau == 0 or group >= 2, "rollout.responses_per_prompt", group,
            f"{key}.mix_coef={tau} normalises self-rewards within a group: need >= 2 responses, "
            f"or set {key}.mix_coef=0")
@@ -229,98 +190,72 @@ def _check_laser(cfg: DictConfig, group: int) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    mode = _one_of(cfg, "cluster.mode", ("inline", "local", "ray"))
-    _int_at_least(cfg, "steps", 0)
-    _int_at_least(cfg, "seed", 0)
-    prompts = _int_at_least(cfg, "data.prompts_per_step", 1)
-    group = _int_at_least(cfg, "rollout.responses_per_prompt", 1)
-    ranks = _int_at_least(cfg, "learner.num_ranks", 1)
+    for key, value, problem in problems(MainConfig, cfg):   # each field's range and choices
+        raise ConfigError(f"config {key}={value!r}: {problem}")
+    mode = cfg.cluster.mode
+    prompts = cfg.data.prompts_per_step
+    group = cfg.rollout.responses_per_prompt
+    ranks = cfg.learner.num_ranks
     _check(mode != "inline" or ranks == 1, "learner.num_ranks", ranks,
            "cluster=inline runs in one process, so it has one learner rank; "
            "use cluster=local for more")
-    _one_of(cfg, "learner.strategy", ("fsdp2", "none"))
     _check(ranks == 1 or cfg.learner.strategy == "fsdp2", "learner.strategy",
            cfg.learner.strategy, "several ranks need learner.strategy=fsdp2")
     rollout_batch = prompts * group
-    mini = _int_at_least(cfg, "learner.mini_batch_size", 1)
+    mini = cfg.learner.mini_batch_size
     _check(rollout_batch % mini == 0, "learner.mini_batch_size", mini,
            f"must divide the rollout batch (data.prompts_per_step x rollout.responses_per_prompt "
            f"= {prompts} x {group} = {rollout_batch} responses)")
     _check(mini % ranks == 0, "learner.mini_batch_size", mini,
            f"must be a multiple of learner.num_ranks={ranks} (each rank takes an equal share)")
-    _int_at_least(cfg, "learner.micro_batch_size", 1)
-    if cfg.learner.micro_batch_tokens is not None:   # null: micro_batch_size rows instead
-        _int_at_least(cfg, "learner.micro_batch_tokens", 1)
-    _int_at_least(cfg, "learner.epochs", 1)
-    _int_at_least(cfg, "learner.logit_chunk_tokens", 1)
-    _number_in(cfg, "learner.lr", 0, 1, low_open=True)
-    _number_in(cfg, "learner.max_grad_norm", 0, float("inf"), low_open=True)
-    _int_at_least(cfg, "rollout.num_workers", 1)
-    _int_at_least(cfg, "rollout.max_new_tokens", 1)
-    _number_in(cfg, "rollout.temperature", 0, 10, low_open=True)
-    _number_in(cfg, "rollout.top_p", 0, 1, low_open=True)
-    _int_at_least(cfg, "rollout.top_k", 0)
-    _one_of(cfg, "rollout.engine", ("hf",))
 
     _check_algorithm(cfg, group)
 
-    sources = _get(cfg, "reward.sources")
-    _check(sources is not None and len(sources) > 0, "reward.sources", sources,
-           "list at least one reward source")
+    sources = cfg.reward.sources
+    _check(len(sources) > 0, "reward.sources", sources, "list at least one reward source")
     names = []
     for i, src in enumerate(sources):
-        for field in ("name", "fn"):
-            _check(bool(src.get(field)), f"reward.sources[{i}].{field}", src.get(field),
-                   "is required")
         try:
             lookup("reward", src.fn)
         except KeyError as err:
             raise ConfigError(f"config reward.sources[{i}].fn={src.fn!r}: {err.args[0]}") from None
         _check(src.name not in names, f"reward.sources[{i}].name", src.name, "names must be unique")
         names.append(src.name)
-        timeout = src.get("timeout_s", 10.0)
-        _check(isinstance(timeout, (int, float)) and timeout > 0,
-               f"reward.sources[{i}].timeout_s", timeout, "must be a number of seconds > 0")
-        _check(src.get("scope", "sample") in ("sample", "group", "batch"),
-               f"reward.sources[{i}].scope", src.get("scope"), "choose 'sample', 'group' or 'batch'")
-        _check(src.get("runs_on", "reward") in ("reward", "policy"), f"reward.sources[{i}].runs_on",
-               src.get("runs_on"), "choose 'reward' (reward worker) or 'policy' (rollout worker)")
         _check_sandbox(src, i)
         if isinstance(lookup("reward", src.fn), type):  # stateful: one copy of its state
-            _check(cfg.reward.num_workers == 1 or src.get("runs_on") == "policy",
+            _check(cfg.reward.num_workers == 1 or src.runs_on == "policy",
                    "reward.num_workers", cfg.reward.num_workers,
                    f"source {src.name!r} keeps state (e.g. a co-trained model): use 1 reward worker")
     _check(cfg.eval.accuracy_source in names, "eval.accuracy_source", cfg.eval.accuracy_source,
            f"must name a reward source: one of {names}")
     for i, src in enumerate(sources):
-        gate = src.get("gate")
-        _check(not gate or gate.get("source") in names, f"reward.sources[{i}].gate.source",
-               gate and gate.get("source"), f"must name a reward source: one of {names}")
+        _check(not src.gate or src.gate.source in names, f"reward.sources[{i}].gate.source",
+               src.gate and src.gate.source, f"must name a reward source: one of {names}")
     try:
         lookup("combine", cfg.reward.combine)
     except KeyError as err:
         raise ConfigError(f"config reward.combine={cfg.reward.combine!r}: {err.args[0]}") from None
-    _int_at_least(cfg, "reward.num_workers", 1)
     _check_laser(cfg, group)
 
-    source = _one_of(cfg, "data.source", tuple(SOURCES))
+    source = cfg.data.source
     if source == "file":
         _check(bool(cfg.data.file.train_path), "data.file.train_path", cfg.data.file.train_path,
                "data.source=file needs a JSONL or Parquet file")
     if source == "toy_code":
         _check_toy_code(cfg)
-    _one_of(cfg, "data.file.on_bad_row", ("skip", "error"))
+    if source == "humaneval":
+        _check(cfg.data.humaneval is not None, "data.source", source,
+               "HumanEval's settings are missing: select it with data=humaneval")
     for i, src in enumerate(sources):
         _check_applies_to_data(cfg, src, i)
-    sft_steps = _int_at_least(cfg, "warm_start.steps", 0)
+    sft_steps = cfg.warm_start.steps
     if sft_steps:
         _check(source != "file" or bool(cfg.data.file.solution_field), "warm_start.steps",
                sft_steps, "a warm start needs worked solutions: set data.file.solution_field "
                "or warm_start.steps=0")
-        sft_batch = _int_at_least(cfg, "warm_start.batch_size", 1)
+        sft_batch = cfg.warm_start.batch_size
         _check(sft_batch % ranks == 0, "warm_start.batch_size", sft_batch,
                f"must be a multiple of learner.num_ranks={ranks}")
-        _int_at_least(cfg, "warm_start.micro_batch_size", 1)
 
     if cfg.model.path is None:
         _check(cfg.model.tiny is not None, "model.tiny", None,
@@ -329,10 +264,3 @@ def validate(cfg: DictConfig) -> None:
         need = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
         _check(need <= limit, "model.tiny.max_position_embeddings", limit,
                f"must cover data.max_prompt_tokens + rollout.max_new_tokens = {need}")
-    _one_of(cfg, "model.dtype", ("float32", "bfloat16"))
-    _int_at_least(cfg, "eval.every", 0)
-    _int_at_least(cfg, "eval.num_prompts", 0)
-    _int_at_least(cfg, "checkpoint.every", 0)
-    _int_at_least(cfg, "checkpoint.keep", 1)
-    _one_of(cfg, "logging.wandb_mode", ("auto", "online", "offline", "disabled"))
-    _int_at_least(cfg, "buffer.max_staleness", 0)

@@ -7,11 +7,14 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from core.models import build_tiny_policy, load_tokenizer
+from learners.config import PolicyLossConfig
+from learners.worker import LearnerSettings
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.cluster import Cluster
 from orchestrator.config import validate
@@ -113,27 +116,25 @@ def base_model(cfg) -> str:
 
 
 def learner_settings_common(cfg) -> dict:
-    """Learner settings that do not depend on the RL algorithm (conf/learner, model)."""
-    l = cfg.learner
-    return dict(lr=l.lr, weight_decay=l.weight_decay, warmup_steps=l.warmup_steps,
-                max_grad_norm=l.max_grad_norm, mini_batch_size=l.mini_batch_size,
-                micro_batch_size=l.micro_batch_size, micro_batch_tokens=l.micro_batch_tokens,
-                epochs=l.epochs, strategy=l.strategy,
-                threads=l.threads, dtype=cfg.model.dtype, seed=cfg.seed,
-                logit_chunk_tokens=l.logit_chunk_tokens,
-                gradient_checkpointing=l.gradient_checkpointing)
+    """Learner settings that do not depend on the RL algorithm: every field of `learner:`
+    (learners/config.py LearnerConfig, which LearnerSettings extends) and each LearnerSettings
+    field that names the config key it comes from (`from`: model.dtype, seed, rollout.temperature)."""
+    settings = OmegaConf.to_container(cfg.learner, resolve=True)
+    for f in fields(LearnerSettings):
+        key = f.metadata.get("from")
+        if key and OmegaConf.select(cfg, key) is not None:
+            settings[f.name] = OmegaConf.select(cfg, key)
+    return settings
 
 
 def learner_settings(cfg) -> dict:
-    from learners.prepare import laser_loss_settings   # LaSeR's loss, when reward.laser is set
-    a = cfg.algorithm
-    laser = OmegaConf.select(cfg, "reward.laser")
-    return dict(**learner_settings_common(cfg), loss=a.loss,
-                loss_options=OmegaConf.to_container(a.loss_options), kl_coef=a.kl_coef,
-                kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef,
-                recompute_old_logprobs=a.recompute_old_logprobs, tis_cap=a.tis_cap,
-                critic=a.critic.enabled, critic_lr=a.critic.lr, value_clip=a.critic.value_clip,
-                temperature=cfg.rollout.temperature,
+    """learner_settings_common plus the fields of `algorithm:` a learner rank reads
+    (learners/config.py PolicyLossConfig) and LaSeR's loss, when reward.laser is set."""
+    from learners.prepare import laser_loss_settings
+    algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    laser = cfg.reward.laser
+    return dict(**learner_settings_common(cfg),
+                **{f.name: algorithm[f.name] for f in fields(PolicyLossConfig)},
                 laser=None if laser is None else laser_loss_settings(
                     OmegaConf.to_container(laser), OmegaConf.to_container(cfg.reward.sources)))
 

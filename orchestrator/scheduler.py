@@ -297,7 +297,7 @@ def masking_sources(cfg) -> list[str]:
     """Reward sources whose failure makes a sample's training signal wrong: those in the
     combined reward (weight != 0), gates, and those the algorithm reads by name."""
     sources = [RewardSource(**s) for s in OmegaConf.to_container(cfg.reward.sources, resolve=True)]
-    read = {s.gate["source"] for s in sources if s.gate}
+    read = {s.gate.source for s in sources if s.gate}
     a = cfg.algorithm
     options = OmegaConf.to_container(a.estimator_options)
     read |= {v for k, v in options.items() if k.endswith("_source") and v}

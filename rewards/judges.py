@@ -17,10 +17,14 @@ import math
 import random
 import re
 
+from typing import TYPE_CHECKING
+
+from core.answers import last_boxed
 from core.records import Sample
 from core.registry import register
-from rewards.judge_client import Completion, client_for
-from core.answers import last_boxed
+
+if TYPE_CHECKING:
+    from rewards.judge_client import Completion
 
 
 class JudgeOutputError(ValueError):
@@ -30,6 +34,9 @@ class JudgeOutputError(ValueError):
 def _complete(prompts: list[str], url: str, model: str = "judge", api: str = "chat",
               request_timeout_s: float = 30.0, retries: int = 2, concurrency: int = 8,
               **params) -> list[list[Completion]]:
+    # imported here: the openai SDK loads only in processes that call a judge (wandb, for one,
+    # announces every SDK it finds loaded)
+    from rewards.judge_client import client_for
     client = client_for(url, model, request_timeout_s, retries, concurrency)
     results = client.generate(api, prompts, **params)
     if any(r is None for r in results):

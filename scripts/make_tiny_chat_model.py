@@ -24,6 +24,7 @@ def tiny_chat_arch(vocab_size: int | None = None) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    import orchestrator.schema  # noqa: F401  registers the config schema conf/ extends
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         arch = OmegaConf.to_container(compose("model/tiny_chat").model.tiny)
     if vocab_size is not None:

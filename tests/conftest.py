@@ -31,6 +31,8 @@ def compose(tmp_path: Path, *overrides: str):
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    import orchestrator.schema  # noqa: F401  registers the config schema conf/ extends
+
     base = [f"output_dir={tmp_path}/outputs", f"cache_dir={tmp_path}/cache", *TINY]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = hydra_compose("config", overrides=base + list(overrides))
