@@ -47,12 +47,13 @@ def test_local_ray_run_with_two_learner_ranks_and_user_code(tmp_path):
     cfg = compose(tmp_path, "cluster=local", "learner.num_ranks=2", "rollout.num_workers=2",
                   "reward.num_workers=2", "logging.plot=true", "logging.tensorboard=true",
                   "logging.wandb_mode=offline", "warm_start.steps=2",
+                  # an algorithm from the bare schema (no options of its own), on the command line
+                  "algorithm=_common", "algorithm.name=custom",
                   "algorithm.estimator=tests.custom_algorithms.centred_twice",
-                  "~algorithm.estimator_options", "+algorithm.estimator_options={scale: 3.0}",
-                  "algorithm.loss=tests.custom_algorithms.plain_pg", "~algorithm.loss_options",
-                  "+algorithm.loss_options={}")
+                  "+algorithm.estimator_options.scale=3.0",
+                  "algorithm.loss=tests.custom_algorithms.plain_pg")
     summary = run(cfg)
-    run_dir = tmp_path / "outputs" / "toy_arith" / "grpo-seed0"
+    run_dir = tmp_path / "outputs" / "toy_arith" / "custom-seed0"
     assert summary["steps"] == 2
     rows = [r for r in _history(run_dir) if "reward/combined" in r]
     assert len(rows) == 2 and all(r["train/optimizer_steps"] == 2 for r in rows)
