@@ -108,3 +108,16 @@ def test_kl_in_reward_is_refused_where_the_estimator_would_ignore_it(tmp_path, n
     with pytest.raises(ConfigError, match=re.escape("config algorithm.kl_in_reward_coef=0.01: "
                                                     f"estimator {name}")):
         validate(cfg)
+
+
+def test_a_key_under_a_block_the_options_leave_null_is_named_with_the_fix():
+    """Hydra alone says "AssertionError: Unexpected type for root: NoneType" here."""
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    out = subprocess.run([sys.executable, "scripts/train.py", "reward.laser.loss_coef=0.2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: config reward.laser.loss_coef: reward.laser is null with the chosen options")
+    assert "reward=laser" in out.stderr.strip().splitlines()[-1]
