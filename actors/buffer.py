@@ -104,9 +104,15 @@ class Added:
 # --- strategies ------------------------------------------------------------------------------
 
 
+def sampled_version(group: list[Sample]) -> int:
+    """The oldest weights version that sampled any response of the group."""
+    return min(s.policy_version for s in group)
+
+
 @register("buffer", "fifo")
 class FifoStrategy:
-    """Groups leave in the order they arrived, `num_groups` at a time."""
+    """Groups leave oldest weights first, in the order they arrived among equals (with
+    asynchronous rollouts a newer group can arrive first), `num_groups` at a time."""
 
     def __init__(self):
         self.queue: deque[list[Sample]] = deque()
@@ -114,15 +120,15 @@ class FifoStrategy:
     def add(self, groups: list[list[Sample]]) -> None:
         self.queue.extend(groups)
 
-    def drop_if(self, predicate) -> int:
-        kept = [g for g in self.queue if not predicate(g)]
-        dropped = len(self.queue) - len(kept)
-        self.queue = deque(kept)
-        return dropped
+    def remove_if(self, predicate) -> list[list[Sample]]:
+        removed = [g for g in self.queue if predicate(g)]
+        self.queue = deque(g for g in self.queue if not predicate(g))
+        return removed
 
     def take(self, num_groups: int) -> list[list[Sample]] | None:
         if len(self.queue) < num_groups:
             return None
+        self.queue = deque(sorted(self.queue, key=sampled_version))   # stable
         return [self.queue.popleft() for _ in range(num_groups)]
 
     def __len__(self) -> int:
@@ -171,9 +177,7 @@ class ReplayBuffer:
         """`num_groups` whole groups, or None when too few fresh groups are waiting. With
         `pad_with_set_aside`, a shortfall is made up from the groups a filter dropped, widest
         reward spread first (they carry the most signal of those; uniform ones have none)."""
-        oldest = current_version - self.max_staleness
-        self.counters["dropped_stale_groups"] += self.strategy.drop_if(
-            lambda g: min(s.policy_version for s in g) < oldest)
+        self.take_stale(current_version)
         shortfall = num_groups - len(self.strategy)
         if shortfall > 0:
             if not pad_with_set_aside or shortfall > len(self.set_aside):
@@ -185,6 +189,13 @@ class ReplayBuffer:
         self.set_aside = []
         self.counters["served_groups"] += len(groups)
         return [s for g in groups for s in g]
+
+    def take_stale(self, current_version: int) -> list[list[Sample]]:
+        """Remove (and count) the waiting groups too old to be trained at `current_version`."""
+        oldest = current_version - self.max_staleness
+        stale = self.strategy.remove_if(lambda g: sampled_version(g) < oldest)
+        self.counters["dropped_stale_groups"] += len(stale)
+        return stale
 
     def stats(self) -> dict[str, float]:
         return {f"buffer/{k}": float(v) for k, v in self.counters.items()} | {

@@ -26,6 +26,8 @@ import logging
 import math
 import queue
 import threading
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -120,6 +122,7 @@ class RewardWorker:
         self.combine = lookup("combine", combine)
         self.threads = threads_per_source
         self.pools = {s.name: self._new_pool() for s in self.mine}
+        self.busy_s = 0.0
 
     def state_dict(self) -> dict:
         """The state of stateful sources (checkpointed with the run)."""
@@ -133,9 +136,21 @@ class RewardWorker:
     def _new_pool(self) -> "DaemonPool":
         return DaemonPool(self.threads)
 
+    def vitals(self) -> dict:
+        """Seconds spent scoring since this process started, and its PID (a new PID: the
+        worker was restarted). The scheduler reads it as the stage's busy share."""
+        return {"busy_s": self.busy_s, "pid": os.getpid()}
+
     def score(self, samples: list[Sample], learn: bool = True) -> list[Sample]:
         """Score and combine. learn=False (held-out evaluation): sources that learn from what
         they score (`learning` attribute, e.g. Cooper's RM) only score."""
+        start = time.perf_counter()
+        try:
+            return self._score(samples, learn)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _score(self, samples: list[Sample], learn: bool) -> list[Sample]:
         for fn in self.functions.values():
             if hasattr(fn, "learning"):
                 fn.learning = learn

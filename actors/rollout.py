@@ -10,13 +10,15 @@ An engine that also offers the `PolicyScorer` methods can run policy-coupled rew
 """
 from __future__ import annotations
 
+import os
+import time
 from typing import Protocol
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from core.models import load_policy, load_tokenizer
-from core.records import Prompt, SamplingParams, Sample
+from core.records import Prompt, SamplingParams, Sample, Weights
 from core.steps import split_steps
 
 
@@ -190,13 +192,16 @@ ENGINES: dict[str, type[Engine]] = {"hf": HFEngine}
 
 
 class RolloutWorker:
-    """Holds one engine; the unit the scheduler spawns and sends weights to."""
+    """Holds one engine; the unit the scheduler spawns and sends weights to. Each generate
+    call names the weights it must run with, so a worker restarted after a crash (back on
+    its initial weights) catches up by itself before sampling."""
 
     def __init__(self, engine: str, model_path: str, reward_sources: list[dict] | None = None,
                  **engine_options):
         if engine not in ENGINES:
             raise ValueError(f"rollout.engine={engine!r} is unknown; choose one of {sorted(ENGINES)}")
         self.engine = ENGINES[engine](model_path, **engine_options)
+        self.busy_s = 0.0
         # the reward sources marked runs_on: policy, scored here with the sampling weights
         self.policy_rewards = None
         if any(s.get("runs_on") == "policy" for s in reward_sources or []):
@@ -205,11 +210,20 @@ class RolloutWorker:
                                                context={"policy": self.engine})
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams,
-                 group_tag: str = "") -> list[Sample]:
+                 group_tag: str = "", weights: Weights | None = None) -> list[Sample]:
+        start = time.perf_counter()
+        if weights is not None and weights.version != self.engine.version:
+            self.engine.load_weights(weights.fetch(), weights.version)
         samples = self.engine.generate(prompts, sampling, group_tag)
         if self.policy_rewards:
             self.policy_rewards.score(samples)
+        self.busy_s += time.perf_counter() - start
         return samples
+
+    def vitals(self) -> dict:
+        """Seconds spent generating since this process started, and its PID (a new PID: the
+        worker was restarted). The scheduler reads it as the stage's busy share."""
+        return {"busy_s": self.busy_s, "pid": os.getpid()}
 
     def state_dict(self) -> dict:
         """State of stateful policy-side reward sources (e.g. RLPR's cached baselines)."""

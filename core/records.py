@@ -146,3 +146,19 @@ class SamplingParams:
     top_k: int = 0              # 0 = no top-k cut
     max_new_tokens: int = 64    # response length limit, in tokens
     seed: int = 0               # sampling seed of this call (the scheduler derives it per step)
+
+
+@dataclass
+class Weights:
+    """One published version of the policy's weights. `state` is the full state dict, or,
+    under Ray, a future of it: inside this record it travels as a reference, so a worker
+    fetches the tensors only when its own weights are of another version."""
+
+    version: int                # learner steps behind these weights
+    state: Any
+
+    def fetch(self) -> dict:
+        if isinstance(self.state, dict):
+            return self.state
+        import ray   # only a Ray future gets here
+        return ray.get(self.state)

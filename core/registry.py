@@ -15,7 +15,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {}
 _BUILTIN_MODULES = {
     "reward": ["rewards.toy", "rewards.shaping", "rewards.pairwise", "rewards.code",
                "rewards.verifiers", "rewards.judges", "rewards.self_rewards", "rewards.policy_rewards",
-               "rewards.reward_model"],
+               "rewards.reward_model", "actors.labeler"],
     "advantage": ["learners.advantages"],
     "loss": ["learners.losses"],
     "buffer": ["actors.buffer"],

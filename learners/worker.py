@@ -271,22 +271,28 @@ class LearnerWorker:
         if self.laser and self.laser_c_ref is None:
             self.laser_c_ref = self._recover_c_ref(self._my_rows(batch))
         minis = [self._my_rows(batch.select(slice(i, i + M))) for i in range(0, len(batch), M)]
+        # pi_old is the policy before this step's first update. With one epoch, the first
+        # mini-batch's own forward pass (detached) is it, so only the later mini-batches (and
+        # every epoch after the first) need a pass of their own, taken before any update.
+        from_forward = self.s.recompute_old_logprobs and self.s.epochs == 1
         mismatch = torch.zeros(2)  # sum |learner - sampler| log-prob over sampled tokens, count
-        for mb in minis:
-            mismatch += self._prepare_old(mb)
+        for k, mb in enumerate(minis):
+            mismatch += self._prepare_old(mb, policy_pass=not (from_forward and k == 0))
         sums: dict[str, float] = {}
         grad_norms = []
-        for _ in range(self.s.epochs):
-            for mb in minis:
-                for k, v in self._accumulate(mb).items():
-                    sums[k] = sums.get(k, 0.0) + v
+        for epoch in range(self.s.epochs):
+            for k, mb in enumerate(minis):
+                first = from_forward and epoch == 0 and k == 0
+                for name, v in self._accumulate(mb, mismatch if first else None).items():
+                    sums[name] = sums.get(name, 0.0) + v
                 grad_norms.append(self._optimizer_step())
         self.version += 1
         metrics = self._reduce_metrics(sums, grad_norms)
         if self.world_size > 1:
             dist.all_reduce(mismatch)
         if mismatch[1] > 0:
-            # Same weights, so any gap is the sampler and the learner computing differently.
+            # On-policy (same weights) any gap is the sampler and the learner computing
+            # differently; with stale samples it also holds the updates since they were sampled.
             metrics["logprob_mismatch"] = float(mismatch[0] / mismatch[1])
         if self.laser_c_ref is not None:
             metrics["laser_c_ref"] = self.laser_c_ref
@@ -310,31 +316,45 @@ class LearnerWorker:
             dist.all_reduce(total)
         return float(total[0] / total[1]) if total[1] > 0 else None
 
-    def _prepare_old(self, mb: Batch) -> torch.Tensor:
-        """pi_old (and what the loss needs of it) for one mini-batch, before any update.
+    def _prepare_old(self, mb: Batch, policy_pass: bool = True) -> torch.Tensor:
+        """pi_old (and what the loss needs of it) for one mini-batch, before any update;
+        policy_pass=False: the mini-batch's first training forward supplies pi_old instead.
         Returns (sum |learner - sampler| log-prob over sampled tokens, token count)."""
         mismatch = torch.zeros(2)
-        old_logprobs = mb.behaviour_logprobs
-        if self.s.recompute_old_logprobs or "mean_logsoftmax" in loss_needs(self.loss_fn):
+        needs_pass = self.s.recompute_old_logprobs or "mean_logsoftmax" in loss_needs(self.loss_fn)
+        if policy_pass and needs_pass:
             old = self._per_token(mb, "policy")
-            real = mb.attention_mask[:, mb.prompt_len:].float()  # every sampled token
-            gap = (old["logprobs"] - mb.behaviour_logprobs).abs() * real
-            mismatch += torch.stack([gap.sum(), real.sum()])
-            mb.extras["old_mean_logsoftmax"] = old["mean_logsoftmax"]
-            if self.s.recompute_old_logprobs:
-                old_logprobs = old["logprobs"]
-        mb.extras["old_logprobs"] = old_logprobs
-        if self.s.tis_cap and self.s.recompute_old_logprobs:
-            ratio = torch.exp(old_logprobs - mb.behaviour_logprobs)
-            mb.extras["tis_weight"] = ratio.clamp(max=self.s.tis_cap)
+            mismatch += self._set_old(mb.extras, mb, old["logprobs"], old["mean_logsoftmax"])
+        elif policy_pass:
+            mb.extras["old_logprobs"] = mb.behaviour_logprobs
         if self.reference is not None and "ref_logprobs" not in mb.extras:
             mb.extras["ref_logprobs"] = self._per_token(mb, "reference")["ref_logprobs"]
         if self.critic is not None and "old_values" not in mb.extras:
             mb.extras["old_values"] = self._per_token(mb, "values")["values"]
         return mismatch
 
-    def _accumulate(self, rows: Batch) -> dict[str, float]:
-        """Forward/backward every micro-batch of this rank's rows; returns weighted sums."""
+    def _set_old(self, extras: dict, mb: Batch, logprobs: torch.Tensor,
+                 mean_logsoftmax: torch.Tensor | None) -> torch.Tensor:
+        """Store pi_old's per-token values (this learner's weights before the update) in
+        `extras`, and the truncated importance weight pi_old / pi_sampler when tis_cap is set
+        (the decoupled objective: clip around pi_old, correct for the sampler's staleness).
+        Returns (sum |learner - sampler| log-prob over sampled tokens, token count)."""
+        logprobs = logprobs.detach().to(mb.behaviour_logprobs.device)
+        real = mb.attention_mask[:, mb.prompt_len:].float()  # every sampled token
+        gap = (logprobs - mb.behaviour_logprobs).abs() * real
+        if mean_logsoftmax is not None:
+            extras["old_mean_logsoftmax"] = mean_logsoftmax.detach().to(logprobs.device)
+        extras["old_logprobs"] = logprobs if self.s.recompute_old_logprobs else mb.behaviour_logprobs
+        if self.s.tis_cap and self.s.recompute_old_logprobs:
+            ratio = torch.exp(logprobs - mb.behaviour_logprobs)
+            extras["tis_weight"] = ratio.clamp(max=self.s.tis_cap)
+        return torch.stack([gap.sum(), real.sum()])
+
+    def _accumulate(self, rows: Batch, old_from_forward: torch.Tensor | None = None
+                    ) -> dict[str, float]:
+        """Forward/backward every micro-batch of this rank's rows; returns weighted sums.
+        With `old_from_forward` (a mismatch accumulator) pi_old is taken from these very
+        forward passes, before this mini-batch's update, and the mismatch is added to it."""
         sums: dict[str, float] = {}
         needs = loss_needs(self.loss_fn)
         micros = self._micro_batches(rows, "group" if "whole_groups" in needs else "row")
@@ -346,6 +366,10 @@ class LearnerWorker:
                 self.model, mb, ("logprobs", "entropy") + (("mean_logsoftmax",) if needs_mls else ()),
                 after_token=self.laser_token_id if with_laser else None)
             logprobs, entropy = token["logprobs"], token["entropy"]
+            if old_from_forward is not None:
+                old_from_forward += self._set_old(
+                    mb.extras, mb, logprobs.cpu(),
+                    token["mean_logsoftmax"].cpu() if needs_mls else None)
             x = {name: v.to(self.device) for name, v in mb.extras.items()}
             if needs_mls:
                 x["mean_logsoftmax"] = token["mean_logsoftmax"]

@@ -8,6 +8,8 @@ their options, sandbox isolation, sources that apply to the data.
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,6 +20,9 @@ from learners.losses import loss_needs
 from orchestrator.schema import MainConfig
 from rewards import sandbox
 from tasks.toy_code import ToyCode
+
+
+log = logging.getLogger("rewardmill")
 
 
 class ConfigError(ValueError):
@@ -189,6 +194,21 @@ def _check_laser(cfg: DictConfig, group: int) -> None:
            "own c_ref; give a number (a one-worker run logs the measured one as train/laser_c_ref)")
 
 
+def _warn_oversubscribed(cfg: DictConfig) -> None:
+    """Async stages run at the same time: on a local cluster, more torch threads than cores
+    makes every stage slower (measured on 2 cores: half the lock-step throughput)."""
+    if cfg.scheduler.mode != "async" or cfg.cluster.mode != "local":
+        return
+    r, lr = cfg.rollout, cfg.learner
+    threads = r.threads * r.num_workers + lr.threads * lr.num_ranks
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        log.warning("scheduler.mode=async runs rollout and learner at once, with %d torch threads "
+                    "(rollout.threads x rollout.num_workers + learner.threads x learner.num_ranks) "
+                    "on %d CPU cores: lower rollout.threads / learner.threads so they share the "
+                    "cores (e.g. rollout.threads=1 learner.threads=1 on 2 cores)", threads, cores)
+
+
 def validate(cfg: DictConfig) -> None:
     for key, value, problem in problems(MainConfig, cfg):   # each field's range and choices
         raise ConfigError(f"config {key}={value!r}: {problem}")
@@ -236,6 +256,7 @@ def validate(cfg: DictConfig) -> None:
     except KeyError as err:
         raise ConfigError(f"config reward.combine={cfg.reward.combine!r}: {err.args[0]}") from None
     _check_laser(cfg, group)
+    _warn_oversubscribed(cfg)
 
     source = cfg.data.source
     if source == "file":

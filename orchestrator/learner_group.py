@@ -22,7 +22,17 @@ class LearnerGroup:
         return [w.call(method, *args) for w in self.workers]
 
     def run(self, method: str, *args) -> list:
-        return self.cluster.get(self.run_async(method, *args))
+        try:
+            return self.cluster.get(self.run_async(method, *args))
+        except Exception as err:
+            if not self.cluster.died(err):
+                raise
+            # torch.distributed cannot take a rank back mid-run: the group restarts from disk
+            raise RuntimeError(
+                f"a learner rank's process died during {method!r} ({type(err).__name__}); "
+                "its optimizer state and the other ranks' collectives go with it. Run the "
+                "same command again with resume=true: it continues from the last checkpoint "
+                "in run_dir (checkpoint.every sets how much is redone)") from err
 
     def train_step(self, batch_future) -> dict:
         return self.run("train_step", batch_future)[0]   # metrics are all-reduced: rank 0's

@@ -25,6 +25,7 @@ from orchestrator.paths import resolve_output_paths
 from orchestrator.pipeline import Pipeline
 from orchestrator.report import plot_run, summary_table
 from orchestrator.scheduler import Scheduler
+from orchestrator.streaming import StreamingScheduler
 from orchestrator.reward_model_prep import ensure_reward_models
 from orchestrator.warm_start import run_warm_start, warm_start_folder
 from orchestrator.preflight import preflight
@@ -66,8 +67,10 @@ def run(cfg: DictConfig) -> dict:
                                num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus)
         pipeline = Pipeline(cfg, cluster, policy, learner, task.renderer.add_special_tokens)
         sink = MetricsSink(run_dir, cfg.logging, cfg.run_name, OmegaConf.to_container(cfg))
-        scheduler = Scheduler(cfg, pipeline, PromptStream(task.train, cfg.seed, cfg.data.shuffle),
-                              task.held_out, tokenizer.pad_token_id, sink, checkpoints, base)
+        scheduler_class = StreamingScheduler if cfg.scheduler.mode == "async" else Scheduler
+        scheduler = scheduler_class(cfg, pipeline,
+                                    PromptStream(task.train, cfg.seed, cfg.data.shuffle),
+                                    task.held_out, tokenizer.pad_token_id, sink, checkpoints, base)
         scheduler.judge = judge
         if cfg.resume and checkpoints.latest():
             scheduler.restore(checkpoints.latest())

@@ -34,6 +34,7 @@ class MetricsSink:
         self.jsonl = open(run_dir / "metrics.jsonl", "a") if settings.jsonl else None
         self.samples_per_step = settings.samples
         self.samples = open(run_dir / "samples.jsonl", "a") if settings.samples else None
+        self.trained = open(run_dir / "trained.jsonl", "a") if settings.trained_groups else None
         self.tb = self.wandb = None
         if settings.tensorboard:
             try:
@@ -76,7 +77,21 @@ class MetricsSink:
                 "flags": s.flags, "truncated": s.truncated}) + "\n")
         self.samples.flush()
 
+    def log_trained(self, step: int, learner_version: int, samples) -> None:
+        """The groups step `step` trained on, each with the oldest weights version among its
+        samples, trained at `learner_version`: an audit trail of every group the run learned from."""
+        if not self.trained:
+            return
+        groups: dict[str, int] = {}
+        for s in samples:
+            groups[s.group_id] = min(groups.get(s.group_id, s.policy_version), s.policy_version)
+        self.trained.write(json.dumps({"step": step, "learner_version": learner_version,
+                                       "groups": groups}) + "\n")
+        self.trained.flush()
+
     def close(self) -> None:
+        if self.trained:
+            self.trained.close()
         if self.jsonl:
             self.jsonl.close()
         if self.samples:

@@ -4,13 +4,16 @@ so under Ray it goes from actor to actor without a detour through the driver.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from omegaconf import OmegaConf
 
 from actors.buffer import Added, GroupFilter, ReplayBuffer
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
-from core.records import Prompt, Sample, SamplingParams
+from core.records import Prompt, Sample, SamplingParams, Weights
 from orchestrator.cluster import Cluster
+from orchestrator.labelers import Labelers
 from orchestrator.learner_group import LearnerGroup
 
 
@@ -33,32 +36,48 @@ class Pipeline:
         sources = OmegaConf.to_container(cfg.reward.sources, resolve=True)
         self.rollouts = [
             cluster.spawn(RolloutWorker, r.engine, policy_path, reward_sources=sources,
-                          num_cpus=r.num_cpus,
+                          num_cpus=r.num_cpus, restarts=cfg.cluster.actor_restarts,
                           num_gpus=r.num_gpus, max_batch_prompts=r.max_batch_prompts,
                           threads=r.threads, dtype=cfg.model.dtype,
                           step_delimiter=r.step_delimiter,
                           add_special_tokens=add_special_tokens)
             for _ in range(r.num_workers)]
+        self.labelers = Labelers(cfg, cluster)   # before the reward workers that look them up
         self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source,
-                                        cfg.reward.combine)
+                                        cfg.reward.combine, restarts=cfg.cluster.actor_restarts)
                           for _ in range(cfg.reward.num_workers)]
+        self.chunks_per_worker = r.chunks_per_worker
+        self.weights: Weights | None = None   # the newest published weights (None: the initial ones)
         self.buffer = cluster.spawn(ReplayBuffer, cfg.buffer.strategy, cfg.buffer.max_staleness)
+
+    def shares(self, prompts: list[Prompt], sampling: SamplingParams
+               ) -> list[tuple[int, list[Prompt], SamplingParams]]:
+        """A round of prompts cut into generate calls: rollout.chunks_per_worker per worker,
+        share k on worker k mod workers with seed + k. Returns (k, prompts, sampling) for
+        each non-empty share."""
+        parts = split_evenly(prompts, len(self.rollouts) * self.chunks_per_worker)
+        return [(k, share, replace(sampling, seed=sampling.seed + k))
+                for k, share in enumerate(parts) if share]
+
+    def generate_share(self, k: int, prompts: list[Prompt], sampling: SamplingParams,
+                       tag: str):
+        """One generate call on worker k mod workers, with the newest published weights."""
+        worker = self.rollouts[k % len(self.rollouts)]
+        return worker.call("generate", prompts, sampling, tag, self.weights)
+
+    def score_share(self, k: int, sample_future, learn: bool = True):
+        """Score share k's samples on reward worker k mod workers (whole groups stay
+        together); learn=False for held-out samples, which co-trained reward models must not
+        learn from."""
+        return self.rewarders[k % len(self.rewarders)].call("score", sample_future, learn)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams, tag: str) -> list:
         """Start generation on every rollout worker; one future per non-empty share."""
-        futures = []
-        for k, (worker, share) in enumerate(zip(self.rollouts,
-                                                split_evenly(prompts, len(self.rollouts)))):
-            if share:
-                worker_sampling = SamplingParams(**{**vars(sampling), "seed": sampling.seed + k})
-                futures.append(worker.call("generate", share, worker_sampling, tag))
-        return futures
+        return [self.generate_share(k, share, s, tag)
+                for k, share, s in self.shares(prompts, sampling)]
 
     def annotate(self, sample_futures: list, learn: bool = True) -> list:
-        """Score each worker's samples on a reward worker (whole groups stay together);
-        learn=False for held-out samples, which co-trained reward models must not learn from."""
-        return [self.rewarders[k % len(self.rewarders)].call("score", f, learn)
-                for k, f in enumerate(sample_futures)]
+        return [self.score_share(k, f, learn) for k, f in enumerate(sample_futures)]
 
     def to_buffer(self, scored_futures: list, group_filter: GroupFilter | None = None,
                   step: int = 0) -> list[Added]:
@@ -72,17 +91,38 @@ class Pipeline:
         return self.cluster.get(self.buffer.call("next_batch", num_groups, version,
                                                  pad_with_set_aside))
 
-    def sync_weights(self, version: int) -> None:
-        """Publish the learner's current weights to every rollout worker."""
+    def publish_weights(self, version: int) -> None:
+        """Make the learner's current weights the ones later generate calls run with; a
+        worker loads them when such a call reaches it (nothing waits here)."""
         state = self.learner.state_future()
+        self.weights = Weights(version, state.value if not self.cluster.remote else state)
+
+    def sync_weights(self, version: int) -> None:
+        """Publish the learner's current weights and load them on every rollout worker now."""
+        self.publish_weights(version)
+        state = self.weights.state
         self.cluster.get([w.call("load_weights", state, version) for w in self.rollouts])
+
+    def vitals(self) -> dict[str, list[dict]]:
+        """Each rollout and reward worker's `vitals()` (busy seconds, PID), by stage; a stage
+        with a worker restarting after a crash is left out of this reading."""
+        out = {}
+        for stage, workers in (("rollout", self.rollouts), ("reward", self.rewarders)):
+            try:
+                out[stage] = self.cluster.get([w.call("vitals", control=True) for w in workers])
+            except Exception as err:
+                if not self.cluster.died(err):
+                    raise
+        return out
 
     def components_state(self) -> dict:
         """State of stateful reward sources on every reward and rollout worker."""
         get = lambda workers: self.cluster.get([w.call("state_dict") for w in workers])
-        return {"rewarders": get(self.rewarders), "rollouts": get(self.rollouts)}
+        return {"rewarders": get(self.rewarders), "rollouts": get(self.rollouts),
+                "labelers": self.labelers.state_dict()}
 
     def load_components_state(self, state: dict) -> None:
+        self.labelers.load_state_dict(state.get("labelers", {}))
         for key, workers in (("rewarders", self.rewarders), ("rollouts", self.rollouts)):
             parts = state.get(key, [])
             self.cluster.get([w.call("load_state_dict", part)
@@ -98,3 +138,4 @@ class Pipeline:
         """Stop the rollout, reward and buffer workers (the learner group is its owner's)."""
         for handle in [*self.rollouts, *self.rewarders, self.buffer]:
             self.cluster.kill(handle)
+        self.labelers.close()

@@ -48,6 +48,8 @@ class Scheduler:
         self.trainable_checked = False      # the first step of this process checks its batch
         self.judge = None                   # a served judge that follows the policy (main sets it)
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
+        self.vitals_before: dict[tuple, dict] = {}   # (stage, worker) -> its last vitals()
+        self.restarts = 0                            # rollout and reward worker restarts seen
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -57,6 +59,7 @@ class Scheduler:
             self.log_eval(0)
         bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps,
                    desc="RL", disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+        self.worker_metrics(1.0, 0.0)   # the workers' readings before the first step
         for step in bar:
             metrics = self.train_step(step)
             self.step = step + 1
@@ -94,11 +97,12 @@ class Scheduler:
         with timer("train"):
             train = self.pipe.learner.train_step(batch_future)
         with timer("sync"):
-            self.pipe.sync_weights(version=step + 1)
+            self.publish_weights(version=step + 1)
             judge = self.judge.after_weight_update(step + 1, lambda folder: self.pipe.learner.run(
                 "save_policy", folder, self.tokenizer_path)) if self.judge else {}
         total = time.perf_counter() - start
         self.sink.log_samples(step + 1, "train", samples)
+        self.sink.log_trained(step + 1, step, samples)
         metrics = {**reward_metrics(samples, self.source_names), **judge,
                    **rollout_metrics(samples, learner_version=step),
                    **{f"advantage/{k}": v for k, v in prepared.items()},
@@ -111,7 +115,30 @@ class Scheduler:
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
         metrics["time/step"] = total
         metrics["time/scheduler_overhead"] = total - sum(timer.seconds.values())
+        metrics.update(self.worker_metrics(total, timer.seconds.get("train", 0.0)))
+        metrics.update(self.pipe.labelers.metrics())
         return metrics
+
+    def worker_metrics(self, wall_s: float, train_s: float) -> dict:
+        """Share of the step's wall time each stage worked (per worker: 1.0 = always busy),
+        and the worker restarts seen so far (a worker answering from a new process)."""
+        out = {"busy/learner": train_s / wall_s}
+        for stage, vitals in self.pipe.vitals().items():
+            busy = 0.0
+            for k, now in enumerate(vitals):
+                before = self.vitals_before.get((stage, k))
+                if before and before["pid"] != now["pid"]:
+                    self.restarts += 1
+                    before = {"busy_s": 0.0}
+                busy += now["busy_s"] - (before or now)["busy_s"]
+                self.vitals_before[(stage, k)] = now
+            out[f"busy/{stage}"] = busy / len(vitals) / wall_s
+        out["faults/actor_restarts"] = float(self.restarts)
+        return out
+
+    def publish_weights(self, version: int) -> None:
+        """Lock-step: every rollout worker loads the new weights before the next step samples."""
+        self.pipe.sync_weights(version)
 
     def update_multipliers(self, samples: list[Sample]) -> dict:
         """One Lagrange step from this batch's mean of each constrained source; its metrics."""
@@ -232,7 +259,15 @@ class Scheduler:
             components["lagrange"] = self.lagrange.state_dict()
         if self.group_filter.active:
             components["group_filter"] = self.group_filter.state_dict()
+        components.update(self.scheduler_state())
         self.checkpoints.commit(tmp, state, buffer_state, components)
+
+    def scheduler_state(self) -> dict:
+        """Checkpointed state of the scheduler's own (a subclass's) bookkeeping."""
+        return {}
+
+    def load_scheduler_state(self, components: dict) -> None:
+        pass
 
     def restore(self, folder) -> None:
         state, buffer_state, components = Checkpoints.read(folder)
@@ -247,6 +282,7 @@ class Scheduler:
         self.pipe.cluster.get(self.pipe.buffer.call("load_state_dict", buffer_state))
         self.prompts.load_state_dict(state["prompts"])
         self.step = state["step"]
+        self.load_scheduler_state(components)
         self.evals = {int(k): v for k, v in state["evals"].items()}
         log.info("resumed from %s at step %d", folder, self.step)
 
@@ -324,8 +360,12 @@ def batch_recipe(cfg) -> BatchRecipe:
 def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:
     n = max(len(samples), 1)
     tokens = sum(len(s.response_ids) for s in samples)
+    # learner versions between the weights that sampled and the weights trained
+    lags = Counter(learner_version - s.policy_version for s in samples)
     return {"rollout/samples": float(len(samples)), "rollout/response_tokens": float(tokens),
             "rollout/response_len": tokens / n,
             "rollout/truncated_fraction": sum(s.truncated for s in samples) / n,
-            # learner versions between the weights that sampled and the weights trained
-            "rollout/staleness": sum(learner_version - s.policy_version for s in samples) / n}
+            "rollout/staleness": sum(k * c for k, c in lags.items()) / n,
+            "rollout/staleness_max": float(max(lags, default=0)),
+            # the histogram: share of the batch sampled k versions behind
+            **{f"staleness/{k}": c / n for k, c in sorted(lags.items())}}

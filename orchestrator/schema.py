@@ -169,7 +169,12 @@ class RolloutConfig:
                                                # mismatch
     top_k: int = checked(0, ge=0)              # 0 = off
     max_new_tokens: int = checked(48, ge=1)    # response length limit, in tokens (L_max)
-    max_batch_prompts: int = 64                # prompts per generate call (memory bound)
+    max_batch_prompts: int = 64                # prompts per HF generate batch inside a call (memory
+                                               # bound)
+    chunks_per_worker: int = checked(1, ge=1)  # generate calls each worker gets per round of
+                                               # data.prompts_per_step prompts: > 1 hands finished
+                                               # groups to the reward workers sooner (scheduler.mode
+                                               # async), in smaller generate batches
     step_delimiter: Optional[str] = None       # text that ends a reasoning step (e.g. "\n\n"); null =
                                                # no steps; needed by step-level rewards
     threads: int = 2                           # torch threads per worker on CPU (Ray defaults to 1)
@@ -266,7 +271,31 @@ class BufferConfig:
 
     strategy: str = "fifo"                     # fifo: on-policy, groups leave in arrival order
                                                # (actors/buffer.py)
-    max_staleness: int = checked(0, ge=0)      # max learner versions a sample may lag (0 = on-policy)
+    max_staleness: int = checked(0, ge=0)      # max learner versions a sample may lag behind the
+                                               # weights it is trained with (0 = on-policy); with
+                                               # scheduler.mode=async, rollouts run up to this many
+                                               # versions ahead of the learner
+    on_stale: str = checked("wait", choices=("wait", "drop"))  # async: a group that would be trained
+                                               # later than max_staleness allows: wait = the learner
+                                               # waits for older groups in flight, so none goes stale;
+                                               # drop = train on what has arrived and drop (count) what
+                                               # went stale
+
+
+@dataclass
+class SchedulerConfig:
+    """How the stages take turns (orchestrator/scheduler.py, orchestrator/streaming.py)."""
+
+    mode: str = checked("sync", choices=("sync", "async"))  # sync: lock-step (rollout, then reward,
+                                               # then learn, then weight sync; simplest to debug);
+                                               # async: stages stream (groups go on as they finish)
+                                               # and rollouts for the next buffer.max_staleness steps
+                                               # run while the learner trains (AReaL's admission rule,
+                                               # orchestrator/staleness.py); max_staleness 0 gives sync's
+                                               # numbers exactly
+    max_running_groups: Optional[int] = checked(None, ge=1)  # async: groups generating or being
+                                               # scored at once (AReaL max_concurrent_rollouts); null =
+                                               # only the staleness bound limits them
 
 
 @dataclass
@@ -281,6 +310,9 @@ class ClusterConfig:
                                                # runs in)
     num_cpus: Optional[int] = checked(None, ge=1)  # mode local: logical CPUs Ray may hand out; null =
                                                # enough for all actors
+    actor_restarts: int = checked(10, ge=-1)   # times Ray restarts a rollout, reward or labeler actor
+                                               # whose process died (-1: always); the scheduler sends
+                                               # its unfinished work again
 
 
 @dataclass
@@ -369,6 +401,9 @@ class LoggingConfig:
     samples: int = 2                           # samples.jsonl in run_dir: this many rollout samples per
                                                # step and held-out samples per evaluation (prompt as
                                                # rendered, response, rewards, flags); 0 = none
+    trained_groups: bool = True                # trained.jsonl in run_dir: per step, every trained group's
+                                               # id and the weights version that sampled it (audit:
+                                               # nothing trained twice or lost, staleness per sample)
     tensorboard: bool = True                   # TensorBoard event files in run_dir/tensorboard
     wandb_mode: str = checked("auto", choices=("auto", "online", "offline", "disabled"))  # auto: online
                                                # when WANDB_API_KEY is set, else offline
@@ -402,6 +437,7 @@ class MainConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)

@@ -1,0 +1,144 @@
+"""The asynchronous pipeline against the lock-step one, side by side in one run.
+
+    python scripts/bench_async.py [--steps N] [key=value ...]
+
+(a) A slow judge. A real HTTP judge (scripts/serve.py around a one-layer tiny model, every
+    completion delayed by --judge-latency-s, default 0.5 s) joins the reward. Throughput
+    (samples/s) with it, divided by throughput with no judge, two ways:
+      labeler: reward=oni, the ONI labeler asks the judge in the background and the reward
+               reads whatever labels exist (actors/labeler.py);
+      sync:    the judge as an ordinary reward source (soft_verifier, weight 0: it only
+               informs, so learning is the same), each reward call waiting for its answers.
+(b) steps/s with scheduler.mode=async, buffer.max_staleness=1, divided by steps/s of the
+    lock-step scheduler, same config (async: one torch thread per stage, so the stages that
+    now overlap share the cores instead of oversubscribing them).
+(c) with --trl-python PY (a scratch venv with TRL, see scripts/bench_trl.py): TRL's
+    GRPOTrainer on the same model, prompts and batch, and our best samples/s over its.
+
+Every run is the main job (scripts/bench_pipeline.py: warm start from the cache, the first
+step left out). Extra key=value overrides apply to every run. The last line is one JSON
+object: slow_judge_ratio_labeler, slow_judge_ratio_sync, async_over_sync, over_trl (with
+--trl-python) and each run's figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_pipeline  # noqa: E402
+
+SOFT_JUDGE = ("reward.sources=[{name:correct,fn:toy_exact},"
+              "{name:soft,fn:soft_verifier,weight:0.0,timeout_s:600,"
+              "kwargs:{url:'${judge.url}',top_k:100}}]")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_judge(model: str, latency_s: float) -> tuple[subprocess.Popen, str]:
+    """scripts/serve.py on a free port, every completion `latency_s` late; (process, URL)."""
+    port = free_port()
+    # one torch thread: the judge stands for a remote one, whose wait costs this box no compute
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "serve.py"), "--model",
+                                model, "--port", str(port), "--latency-s", str(latency_s),
+                                "--threads", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return process, url
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError("the judge server exited at start")
+            time.sleep(0.5)
+    raise RuntimeError("the judge server did not answer in 300 s")
+
+
+def judge_model() -> Path:
+    """The served judge: a one-layer model (random weights, so its verdicts are noise), whose
+    own compute stays small next to the run's. The benchmark is about a judge's latency: a
+    remote judge costs this box none of its compute, a colocated one every cycle it runs."""
+    from core.models import build_tiny_policy
+    arch = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64,
+            "max_position_embeddings": 2048}
+    return build_tiny_policy(REPO / ".cache" / "rewardmill" / "bench-judge", arch, seed=0)
+
+
+def measure(name: str, steps: int, overrides: list[str]) -> dict:
+    print(f"\n=== {name}: {' '.join(overrides)}", flush=True)
+    figures = bench_pipeline.main([f"steps={steps}", f"run_name=bench_{name}", *overrides])
+    return {k: figures[k] for k in ("samples_per_s", "step_time_s", "steps_measured")}
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6, help="RL steps per run (the first is "
+                        "left out of the figures)")
+    parser.add_argument("--sync-judge-steps", type=int, default=3,
+                        help="steps of the slow synchronous-judge run (each waits for the judge)")
+    parser.add_argument("--judge-latency-s", type=float, default=0.5)
+    parser.add_argument("--trl-python", help="python of a scratch venv with TRL: also run "
+                        "scripts/bench_trl.py and compare")
+    args, overrides = parser.parse_known_args()
+
+    runs = {"sync": measure("sync", args.steps, ["scheduler.mode=sync", *overrides]),
+            # each stage on a core of its own: stages that overlap must not oversubscribe
+            "async": measure("async", args.steps, ["scheduler.mode=async", "rollout.threads=1",
+                                                   "learner.threads=1", "buffer.max_staleness=1",
+                                                   *overrides])}
+    judge, url = start_judge(str(judge_model()), args.judge_latency_s)
+    try:
+        judged = [f"judge.url={url}", *overrides]
+        runs["no_judge"] = measure("no_judge", args.steps, ["reward=verifier", *overrides])
+        # a verdict of at most 2 tokens ("yes"/"no"), as the soft verifier reads 1 token
+        runs["labeler"] = measure("labeler", args.steps, ["reward=oni",
+                                                          "reward.sources.1.kwargs.max_tokens=2",
+                                                          *judged])
+        runs["sync_judge"] = measure("sync_judge", args.sync_judge_steps, [SOFT_JUDGE, *judged])
+    finally:
+        judge.terminate()
+    if args.trl_python:
+        print("\n=== trl: scripts/bench_trl.py", flush=True)
+        out = subprocess.run([args.trl_python, str(REPO / "scripts" / "bench_trl.py"),
+                              "--steps", str(args.steps), "--project-python", sys.executable,
+                              *overrides], capture_output=True, text=True, check=True)
+        trl = json.loads(out.stdout.strip().splitlines()[-1])
+        runs["trl"] = {k: trl[k] for k in ("samples_per_s", "step_time_s", "steps_measured")}
+    base = runs["no_judge"]["samples_per_s"]
+    figures = {
+        "slow_judge_ratio_labeler": runs["labeler"]["samples_per_s"] / base,
+        "slow_judge_ratio_sync": runs["sync_judge"]["samples_per_s"] / base,
+        "async_over_sync": runs["sync"]["step_time_s"] / runs["async"]["step_time_s"],
+        "judge_latency_s": args.judge_latency_s, "runs": runs}
+    if "trl" in runs:
+        best = max(runs["sync"]["samples_per_s"], runs["async"]["samples_per_s"])
+        figures["over_trl"] = best / runs["trl"]["samples_per_s"]
+    print("\nrun                      samples/s   s/step")
+    for name, r in runs.items():
+        print(f"  {name:<22} {r['samples_per_s']:9.1f} {r['step_time_s']:8.2f}")
+    print(f"slow judge / no judge:   labeler {figures['slow_judge_ratio_labeler']:.2f}   "
+          f"synchronous judge {figures['slow_judge_ratio_sync']:.2f}   (target >= 0.9)")
+    print(f"async / sync steps per s: {figures['async_over_sync']:.2f}   (target >= 1.5)")
+    if "over_trl" in figures:
+        print(f"our best samples/s / TRL GRPOTrainer's: {figures['over_trl']:.2f}   (target >= 2)")
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
