@@ -1,8 +1,9 @@
 """Rollout: turn prompts into sampled responses with behaviour log-probs.
 
 An engine implements `generate(prompts, sampling, group_tag) -> list[Sample]` and
-`load_weights(state, version)`. `HFEngine` uses Hugging Face `generate` (CPU or one GPU); a
-vLLM engine plugs in behind the same two methods. `RolloutWorker` is what the scheduler
+`load_weights(state, version)`. `HFEngine` samples from a Hugging Face model with our own
+decode loop (actors/decode.py: finished rows leave the batch; CPU or one GPU); a vLLM engine
+plugs in behind the same two methods. `RolloutWorker` is what the scheduler
 spawns (in-process or as a Ray actor); it picks the engine by name.
 
 An engine that also offers the `PolicyScorer` methods can run policy-coupled reward sources
@@ -15,8 +16,8 @@ import time
 from typing import Protocol
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
 
+from actors.decode import sample
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample, Weights
 from core.steps import split_steps
@@ -26,6 +27,8 @@ class Engine(Protocol):
     """What a rollout engine provides; `version` is the learner step of its weights."""
 
     version: int
+    offered: Weights | None   # set from another thread while `generate` runs (partial
+                              # rollouts): newer weights to switch to before the next token
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams,
                  group_tag: str = "") -> list[Sample]:
@@ -49,36 +52,6 @@ class PolicyScorer(Protocol):
         """Per sample, the mean over response tokens of KL(uniform || p_t) (arXiv:2502.18581)."""
 
 
-class SampledLogprobs(LogitsProcessor):
-    """Behaviour log-probs during HF generate: log p(sampled token) under softmax(logits / T)
-    of the full distribution (before top-k/top-p, as the learner computes them), keeping one
-    step's [rows, V] log-softmax at a time. (output_logits=True keeps every step's logits:
-    rows x T x V floats, ~80 GB at 256 rows, 512 tokens and a 152k vocabulary.)
-
-    Custom processors run before generate's temperature/top-k/top-p warpers, so `scores` are
-    the raw logits; the token sampled from step t shows up as input_ids[:, -1] at step t + 1."""
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature
-        self.previous: torch.Tensor | None = None   # [rows, V] log-softmax of the last step
-        self.picked: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self._pick(input_ids[:, -1])
-        self.previous = torch.log_softmax(scores.float() / self.temperature, -1)
-        return scores
-
-    def _pick(self, tokens: torch.Tensor) -> None:
-        if self.previous is not None:
-            self.picked.append(self.previous.gather(-1, tokens[:, None]).squeeze(-1))
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """[rows, generated steps] log-probs, once generate has returned `sequences`."""
-        self._pick(sequences[:, -1])
-        self.previous = None
-        return torch.stack(self.picked, 1)
-
-
 class HFEngine:
     def __init__(self, model_path: str, max_batch_prompts: int = 64, threads: int = 0,
                  dtype: str = "float32", step_delimiter: str | None = None,
@@ -92,6 +65,7 @@ class HFEngine:
         self.model = load_policy(model_path, getattr(torch, dtype)).to(self.device).eval()
         self.max_batch_prompts = max_batch_prompts
         self.version = 0
+        self.offered: Weights | None = None   # newer weights to switch to between tokens
 
     def load_weights(self, state: dict, version: int) -> None:
         self.model.load_state_dict(state)
@@ -111,27 +85,13 @@ class HFEngine:
         tok = self.tokenizer
         enc = tok([p.text for p in prompts], padding=True, return_tensors="pt",
                   add_special_tokens=self.add_special_tokens).to(self.device)
-        greedy = sp.temperature == 0
-        recorder = SampledLogprobs(1.0 if greedy else sp.temperature)
-        options = dict(do_sample=not greedy, max_new_tokens=sp.max_new_tokens,
-                       num_return_sequences=sp.n, return_dict_in_generate=True,
-                       logits_processor=LogitsProcessorList([recorder]),
-                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        if not greedy:
-            options.update(temperature=sp.temperature, top_p=sp.top_p,
-                           top_k=sp.top_k if sp.top_k > 0 else None)
-        out = self.model.generate(**enc, **options)
-        P = enc["input_ids"].shape[1]
-        generated = out.sequences[:, P:]
-        logprobs = recorder.finish(out.sequences)
-        is_eos = generated == tok.eos_token_id
+        decoded = sample(self.model, enc["input_ids"], enc["attention_mask"], sp,
+                         {tok.eos_token_id}, self._weights_version)
         samples = []
-        for row in range(generated.shape[0]):
+        for row, ids in enumerate(decoded.tokens):
             prompt = prompts[row // sp.n]
-            eos_at = is_eos[row].nonzero()
-            length = int(eos_at[0]) + 1 if len(eos_at) else generated.shape[1]
-            ids = generated[row, :length].tolist()
             prompt_ids = enc["input_ids"][row // sp.n][enc["attention_mask"][row // sp.n] == 1]
+            versions = decoded.versions[row]
             steps = step_ends = None
             if self.step_delimiter:
                 pieces = [tok.decode([t], skip_special_tokens=True) for t in ids]
@@ -139,13 +99,20 @@ class HFEngine:
             samples.append(Sample(
                 prompt_id=prompt.prompt_id, group_id=f"{group_tag}{prompt.prompt_id}",
                 prompt_ids=prompt_ids.tolist(), response_ids=ids,
-                behaviour_logprobs=logprobs[row, :length].tolist(),
-                policy_version=self.version, prompt_text=prompt.text,
-                response_text=tok.decode(ids, skip_special_tokens=True),
-                truncated=not len(eos_at), answer=prompt.answer, steps=steps,
+                behaviour_logprobs=decoded.logprobs[row], policy_version=versions[0],
+                token_versions=None if versions[0] == versions[-1] else versions,
+                prompt_text=prompt.text, response_text=tok.decode(ids, skip_special_tokens=True),
+                truncated=decoded.truncated[row], answer=prompt.answer, steps=steps,
                 step_ends=step_ends, metadata=dict(prompt.metadata)))
         return samples
 
+    def _weights_version(self) -> int:
+        """Called by the decode loop between tokens: loads weights offered since it started
+        (partial rollouts) and says which version samples the next token."""
+        offered = self.offered
+        if offered is not None and offered.version > self.version:
+            self.load_weights(offered.fetch(), offered.version)
+        return self.version
 
     # --- PolicyScorer --------------------------------------------------------------------
 
@@ -212,6 +179,9 @@ class RolloutWorker:
     def generate(self, prompts: list[Prompt], sampling: SamplingParams,
                  group_tag: str = "", weights: Weights | None = None) -> list[Sample]:
         start = time.perf_counter()
+        offered = self.engine.offered
+        if weights is not None and offered is not None and offered.version > weights.version:
+            weights = offered   # partial rollouts: newer weights arrived after this call was sent
         if weights is not None and weights.version != self.engine.version:
             self.engine.load_weights(weights.fetch(), weights.version)
         samples = self.engine.generate(prompts, sampling, group_tag)
@@ -219,6 +189,11 @@ class RolloutWorker:
             self.policy_rewards.score(samples)
         self.busy_s += time.perf_counter() - start
         return samples
+
+    def offer_weights(self, weights: Weights) -> None:
+        """Newer weights for the generation running now (partial rollouts): the engine loads
+        them before its next token. Runs beside `generate` (the control concurrency group)."""
+        self.engine.offered = weights
 
     def vitals(self) -> dict:
         """Seconds spent generating since this process started, and its PID (a new PID: the

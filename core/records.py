@@ -21,6 +21,7 @@ class Sample:
     response_ids: list[int]             # generated token ids, EOS included when generated
     behaviour_logprobs: list[float]     # log-prob of each response token under the sampler
     policy_version: int                 # learner step whose weights produced this response
+                                        # (its first token, when token_versions is set)
     prompt_text: str = ""
     response_text: str = ""             # decoded response, EOS and padding removed
     truncated: bool = False             # True when generation hit max_new_tokens before EOS
@@ -35,6 +36,9 @@ class Sample:
     step_ends: list[int] | None = None  # per step, the response token index just past its end
     step_scores: dict[str, list[float]] = field(default_factory=dict)  # source -> one score per step
     metadata: dict[str, Any] = field(default_factory=dict)
+    token_versions: list[int] | None = None  # per response token, the weights version that
+                                        # sampled it, when newer weights took over mid-response
+                                        # (rollout.partial); None = all policy_version
 
     @property
     def flagged(self) -> bool:

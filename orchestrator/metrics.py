@@ -29,6 +29,36 @@ class PhaseTimer:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
+class HostCpu:
+    """CPU use of the driver's machine between two readings, from /proc/stat (Linux; empty
+    elsewhere): `host/cpu_busy_cores`, the cores' worth of work done by every process on it
+    (2.0 = both cores of a 2-core box busy all the time), and `host/cpu_steal_cores`, the
+    cores' worth of time a hypervisor ran other guests instead. A step that did not use the
+    cores had idle stages to overlap; steal makes two runs' timings incomparable."""
+
+    def __init__(self):
+        self.before = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (time.perf_counter(), (user + nice + system + irq + softirq) / ticks, steal / ticks)
+
+    def since_last(self) -> dict[str, float]:
+        now, before = self._read(), self.before
+        self.before = now
+        if now is None or before is None or now[0] <= before[0]:
+            return {}
+        wall = now[0] - before[0]
+        return {"host/cpu_busy_cores": (now[1] - before[1]) / wall,
+                "host/cpu_steal_cores": (now[2] - before[2]) / wall}
+
+
 class MetricsSink:
     def __init__(self, run_dir: Path, settings, run_name: str, config: dict):
         self.jsonl = open(run_dir / "metrics.jsonl", "a") if settings.jsonl else None

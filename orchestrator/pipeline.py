@@ -47,6 +47,7 @@ class Pipeline:
                                         cfg.reward.combine, restarts=cfg.cluster.actor_restarts)
                           for _ in range(cfg.reward.num_workers)]
         self.chunks_per_worker = r.chunks_per_worker
+        self.partial = r.partial
         self.weights: Weights | None = None   # the newest published weights (None: the initial ones)
         self.buffer = cluster.spawn(ReplayBuffer, cfg.buffer.strategy, cfg.buffer.max_staleness)
 
@@ -96,6 +97,9 @@ class Pipeline:
         worker loads them when such a call reaches it (nothing waits here)."""
         state = self.learner.state_future()
         self.weights = Weights(version, state.value if not self.cluster.remote else state)
+        if self.partial:   # generations running now switch to them at their next token
+            for worker in self.rollouts:
+                worker.call("offer_weights", self.weights, control=True)
 
     def sync_weights(self, version: int) -> None:
         """Publish the learner's current weights and load them on every rollout worker now."""

@@ -20,7 +20,7 @@ from core.registry import lookup
 from learners.advantages import needs_values
 from learners.prepare import BatchRecipe, build_train_batch
 from orchestrator.checkpoint import Checkpoints
-from orchestrator.metrics import MetricsSink, PhaseTimer
+from orchestrator.metrics import HostCpu, MetricsSink, PhaseTimer
 from orchestrator.pipeline import Pipeline
 from rewards.self_rewards import LagrangeMultipliers, reward_std
 
@@ -50,6 +50,7 @@ class Scheduler:
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
         self.vitals_before: dict[tuple, dict] = {}   # (stage, worker) -> its last vitals()
         self.restarts = 0                            # rollout and reward worker restarts seen
+        self.host_cpu = HostCpu()                    # this machine's CPU use, step to step
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class Scheduler:
                 self.vitals_before[(stage, k)] = now
             out[f"busy/{stage}"] = busy / len(vitals) / wall_s
         out["faults/actor_restarts"] = float(self.restarts)
+        out.update(self.host_cpu.since_last())
         return out
 
     def publish_weights(self, version: int) -> None:
@@ -367,5 +369,7 @@ def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:
             "rollout/truncated_fraction": sum(s.truncated for s in samples) / n,
             "rollout/staleness": sum(k * c for k, c in lags.items()) / n,
             "rollout/staleness_max": float(max(lags, default=0)),
+            # responses continued under newer weights mid-way (rollout.partial)
+            "rollout/partial_fraction": sum(s.token_versions is not None for s in samples) / n,
             # the histogram: share of the batch sampled k versions behind
             **{f"staleness/{k}": c / n for k, c in sorted(lags.items())}}

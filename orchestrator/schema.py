@@ -159,8 +159,8 @@ class DataConfig:
 class RolloutConfig:
     """Rollout workers: sample responses and record their behaviour log-probs (conf/rollout/)."""
 
-    engine: str = checked("hf", choices=("hf",))  # hf: Hugging Face generate (CPU or one GPU per
-                                                  # worker)
+    engine: str = checked("hf", choices=("hf",))  # hf: a Hugging Face model, our decode loop (CPU
+                                                  # or one GPU per worker)
     num_workers: int = checked(1, ge=1)        # rollout actors; each step's prompts are split evenly
     responses_per_prompt: int = checked(8, ge=1)  # G, responses sampled per prompt (the group size)
     temperature: float = checked(1.0, gt=0, le=10)  # sampling temperature; the learner uses the same
@@ -175,6 +175,10 @@ class RolloutConfig:
                                                # data.prompts_per_step prompts: > 1 hands finished
                                                # groups to the reward workers sooner (scheduler.mode
                                                # async), in smaller generate batches
+    partial: bool = False                      # scheduler.mode async: responses in flight when the
+                                               # learner publishes weights go on under the new ones
+                                               # (the prefix is prefilled again); each token keeps
+                                               # the version that sampled it (Sample.token_versions)
     step_delimiter: Optional[str] = None       # text that ends a reasoning step (e.g. "\n\n"); null =
                                                # no steps; needed by step-level rewards
     threads: int = 2                           # torch threads per worker on CPU (Ray defaults to 1)

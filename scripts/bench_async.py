@@ -11,19 +11,21 @@
                informs, so learning is the same), each reward call waiting for its answers.
 (b) steps/s with scheduler.mode=async, buffer.max_staleness=1, divided by steps/s of the
     lock-step scheduler, same config (async: one torch thread per stage, so the stages that
-    now overlap share the cores instead of oversubscribing them).
+    now overlap share the cores instead of oversubscribing them). Each run's cores busy
+    say how much idle capacity overlap had left to use.
 (c) with --trl-python PY (a scratch venv with TRL, see scripts/bench_trl.py): TRL's
     GRPOTrainer on the same model, prompts and batch, and our best samples/s over its.
 
 Every run is the main job (scripts/bench_pipeline.py: warm start from the cache, the first
 step left out). Extra key=value overrides apply to every run. The last line is one JSON
-object: slow_judge_ratio_labeler, slow_judge_ratio_sync, async_over_sync, over_trl (with
---trl-python) and each run's figures.
+object: slow_judge_ratio_labeler, slow_judge_ratio_sync, async_over_sync, over_trl (with --trl-python) and each run's figures (with the cores
+busy and stolen: a hypervisor's steal makes runs incomparable).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -82,7 +84,8 @@ def judge_model() -> Path:
 def measure(name: str, steps: int, overrides: list[str]) -> dict:
     print(f"\n=== {name}: {' '.join(overrides)}", flush=True)
     figures = bench_pipeline.main([f"steps={steps}", f"run_name=bench_{name}", *overrides])
-    return {k: figures[k] for k in ("samples_per_s", "step_time_s", "steps_measured")}
+    return {k: figures[k] for k in ("samples_per_s", "step_time_s", "steps_measured",
+                                    "busy_cores", "steal_cores")}
 
 
 def main() -> dict:
@@ -128,12 +131,14 @@ def main() -> dict:
     if "trl" in runs:
         best = max(runs["sync"]["samples_per_s"], runs["async"]["samples_per_s"])
         figures["over_trl"] = best / runs["trl"]["samples_per_s"]
-    print("\nrun                      samples/s   s/step")
+    print("\nrun                      samples/s   s/step   cores busy   stolen")
     for name, r in runs.items():
-        print(f"  {name:<22} {r['samples_per_s']:9.1f} {r['step_time_s']:8.2f}")
+        print(f"  {name:<22} {r['samples_per_s']:9.1f} {r['step_time_s']:8.2f}"
+              f" {r.get('busy_cores', float('nan')):11.2f} {r.get('steal_cores', float('nan')):8.2f}")
     print(f"slow judge / no judge:   labeler {figures['slow_judge_ratio_labeler']:.2f}   "
           f"synchronous judge {figures['slow_judge_ratio_sync']:.2f}   (target >= 0.9)")
-    print(f"async / sync steps per s: {figures['async_over_sync']:.2f}   (target >= 1.5)")
+    print(f"async / sync steps per s: {figures['async_over_sync']:.2f}   (target >= 1.5; sync kept "
+          f"{runs['sync']['busy_cores']:.2f} of {os.cpu_count()} cores busy)")
     if "over_trl" in figures:
         print(f"our best samples/s / TRL GRPOTrainer's: {figures['over_trl']:.2f}   (target >= 2)")
     print(json.dumps(figures), flush=True)

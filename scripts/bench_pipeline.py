@@ -4,9 +4,11 @@
 
 Runs `bench.steps` RL steps of the main job (warm start reused from the cache), skips the
 first step (actor start-up, first calls), and prints samples/s, generated tokens/s, each
-phase's share of the step time and the scheduler's own overhead: the part of a step spent
-outside the workers' phases (rollout, reward, train, weight sync), i.e. driver-side glue,
-batch preparation and buffer round trips. Last line: one JSON object of the figures.
+phase's share of the step time, the cores busy and those stolen (a hypervisor running other
+guests: runs under different steal are not comparable) and the scheduler's own overhead: the
+part of a step spent outside the workers' phases (rollout, reward, train, weight sync), i.e.
+driver-side glue, batch preparation and buffer round trips. Last line: one JSON object of the
+figures.
 """
 import json
 import sys
@@ -46,6 +48,10 @@ def main(argv: list[str]) -> dict:
         "phase_share": {p: round(v, 4) for p, v in share.items()},
         "scheduler_overhead_share": 1.0 - sum(share.get(p, 0.0) for p in WORKER_PHASES),
         "loop_glue_share": sum(m["time/scheduler_overhead"] for m in rows) / total,
+        # this machine's cores in use, and those a hypervisor took (steal): figures measured
+        # under different steal are not comparable
+        **{name: sum(m.get(f"host/cpu_{name}", 0.0) * m["time/step"] for m in rows) / total
+           for name in ("busy_cores", "steal_cores")},
     }
     print(f"\nRL loop, {len(rows)} steps measured ({cfg.cluster.mode}):")
     print(f"  samples/s                {figures['samples_per_s']:.1f}")
@@ -53,6 +59,7 @@ def main(argv: list[str]) -> dict:
     print(f"  step time (s)            {figures['step_time_s']:.3f}")
     for p, v in share.items():
         print(f"  phase {p:<18} {100 * v:5.1f}%")
+    print(f"  cores busy / stolen      {figures['busy_cores']:.2f} / {figures['steal_cores']:.2f}")
     print(f"  scheduler overhead       {100 * figures['scheduler_overhead_share']:5.2f}%"
           f"  (target < 5%; loop glue alone {100 * figures['loop_glue_share']:.2f}%)")
     print(json.dumps(figures), flush=True)

@@ -133,3 +133,18 @@ def test_async_run_survives_sigkills_with_every_group_trained_once_within_the_bo
     assert last["faults/resent_units"] >= 1                   # some kill hit work in flight
     assert last["faults/actor_restarts"] >= 2                 # seen as workers with new PIDs
     assert last["busy/rollout"] > 0 and 0 < last["busy/learner"] < 1
+
+
+def test_partial_rollouts_switch_to_weights_published_mid_generation(tmp_path):
+    """rollout.partial: the learner publishes while the next round is being generated; the
+    responses then in flight go on under the new weights, and the run stays within the bound."""
+    steps, bound = 6, 1
+    cfg = compose(tmp_path, "cluster=local", SIGNAL, f"steps={steps}", "checkpoint.every=0",
+                  "eval.every=0", "scheduler.mode=async", f"buffer.max_staleness={bound}",
+                  "rollout.partial=true", "rollout.max_new_tokens=64", "data.prompts_per_step=8")
+    summary = run(cfg)
+    assert summary["steps"] == steps
+    rows = [r for r in _rows(Path(cfg.run_dir), "metrics.jsonl") if "rollout/partial_fraction" in r]
+    assert len(rows) == steps
+    assert max(r["rollout/partial_fraction"] for r in rows) > 0    # some responses switched
+    assert all(r["rollout/staleness_max"] <= bound for r in rows)

@@ -164,23 +164,3 @@ def test_cooper_group_negatives_and_no_learning_from_held_out_samples(tiny):
     worker.score(samples)
     assert rm.updates == 1
 
-
-def test_recorded_logprobs_equal_those_of_the_stacked_logits(engine):
-    """The step-by-step recorder gives what output_logits=True gave (every step's logits kept),
-    with temperature, top-k and top-p on, and does not change what is sampled."""
-    prompts = [Prompt(f"p{i}", f"{i + 3}+{i}=", i + 3 + i) for i in range(3)]
-    sampling = SamplingParams(n=4, temperature=0.7, top_p=0.9, top_k=20, max_new_tokens=16, seed=3)
-    samples = engine.generate(prompts, sampling)
-    tok = engine.tokenizer
-    enc = tok([p.text for p in prompts], padding=True, return_tensors="pt")
-    torch.manual_seed(3)
-    out = engine.model.generate(**enc, do_sample=True, temperature=0.7, top_p=0.9, top_k=20,
-                                max_new_tokens=16, num_return_sequences=4, output_logits=True,
-                                return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
-                                eos_token_id=tok.eos_token_id)
-    generated = out.sequences[:, enc["input_ids"].shape[1]:]
-    stacked = torch.log_softmax(torch.stack(out.logits, 1).float() / 0.7, -1)
-    expected = stacked.gather(-1, generated[..., None]).squeeze(-1)
-    for row, s in enumerate(samples):
-        assert s.response_ids == generated[row, :len(s.response_ids)].tolist()
-        assert s.behaviour_logprobs == pytest.approx(expected[row, :len(s.response_ids)].tolist(), abs=1e-5)
