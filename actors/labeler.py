@@ -25,6 +25,7 @@ and builds a private one from its own kwargs when there is none (one per reward 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import random
 import re
@@ -33,6 +34,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from pathlib import Path
 from typing import Sequence
 
 from core.records import Sample
@@ -115,7 +117,8 @@ class Labeler:
                  dataset_cap: int = 25000, threshold: float = 0.5, normalise: bool = True,
                  eps_threshold: float | None = -0.5, subsample: int = 10,
                  pairs_per_refill: int = 10, max_observations: int = 10000,
-                 log_every_s: float = 60.0, seed: int = 0, start: bool = True):
+                 log_every_s: float = 60.0, seed: int = 0, label_log: str | None = None,
+                 start: bool = True):
         if kind not in KINDS:
             raise ValueError(f"labeler kind {kind!r}: choose one of {KINDS}")
         if batch_size < 1 or max_pending < 1 or subsample < 1:
@@ -156,6 +159,10 @@ class Labeler:
         self._drops_unreported, self._last_drop_log = 0, -float("inf")
         self._client = None
         self._closed = threading.Event()
+        # every judge answer, appended as it is merged: a labeler restarted after its process
+        # died (or a resumed run) reads them back instead of asking the judge again
+        self.label_log = Path(label_log) if label_log else None
+        self.replay_label_log()
         if start:
             # the thread holds the labeler only weakly: a labeler nobody uses any more is
             # collected and its thread ends (no HTTP calls to a judge that was stopped)
@@ -247,6 +254,35 @@ class Labeler:
                     self._enqueue(item)
             self.counters = dict(state["counters"])   # re-queueing is not new work
             self.ready.notify()
+        self.replay_label_log()   # labels the judge gave after that checkpoint was taken
+
+    def replay_label_log(self) -> int:
+        """Merge every label and pair in `label_log` (a restarted labeler, or one just loaded
+        from a checkpoint older than the log), then train on them. Returns how many."""
+        if not self.label_log or not self.label_log.exists():
+            return 0
+        labels, pairs = {}, []
+        for line in self.label_log.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue   # a line cut short when the process died mid-write
+            if "pair" in entry:
+                pairs.append((*entry["pair"], entry["p"]))
+            else:
+                labels[entry["key"]] = entry["label"]
+        with self.train_lock:
+            with self.lock:
+                self._merge({k: v for k, v in labels.items() if k not in self.model.table},
+                            [p for p in pairs if _canonical(p[:2]) not in self.done_pairs], [],
+                            log=False)
+                for item in list(self.pending):
+                    if self._is_done(item):
+                        self.pending.discard(item)
+                self.queue = deque(x for x in self.queue if not self._is_done(x))
+            if labels or pairs:
+                self._train()
+        return len(labels) + len(pairs)
 
     # --- queueing (callers hold self.lock) ------------------------------------------------------
 
@@ -371,8 +407,14 @@ class Labeler:
                 self._train()
         return failed < len(batch)
 
-    def _merge(self, labels: dict[str, float], pairs: list, unparsed_pairs: list) -> int:
+    def _merge(self, labels: dict[str, float], pairs: list, unparsed_pairs: list,
+               log: bool = True) -> int:
         """Caller holds train_lock and lock."""
+        if log and self.label_log and (labels or pairs):
+            self.label_log.parent.mkdir(parents=True, exist_ok=True)
+            with self.label_log.open("a") as f:
+                f.writelines(json.dumps({"key": k, "label": v}) + "\n" for k, v in labels.items())
+                f.writelines(json.dumps({"pair": [a, b], "p": p}) + "\n" for a, b, p in pairs)
         if labels:
             self.model.add_labels(labels)
         if pairs:
@@ -448,7 +490,7 @@ def spawn_labeler(kwargs: dict, name: str = DEFAULT_NAME, remote: bool = True,
                   max_restarts: int = -1, num_cpus: float = 0.0):
     """Start the labeler every `oni` source named `name` will use. remote: a named Ray actor
     (returns its handle) that answers `max_concurrency` calls at once and comes back after its
-    process dies (`max_restarts`; empty until its owner loads a checkpoint); else a plain
+    process dies (`max_restarts`), with the labels of its `label_log`; else a plain
     object in LOCAL_LABELERS (cluster=inline). `kwargs`: the Labeler's, e.g.
     `OniReward.split_kwargs(source_kwargs)[1]`."""
     if not remote:

@@ -1,9 +1,11 @@
 """The shared ONI labelers of a run: one per labeler name the `oni` reward sources use,
 started before the reward workers (which find it by name), checkpointed with the run and
-logged every step (actors/labeler.py)."""
+logged every step (actors/labeler.py). Each appends the judge's labels to
+run_dir/labels/<name>.jsonl, which a restarted labeler reads back."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -21,6 +23,7 @@ class Labelers:
                 continue
             own, labeler_kwargs = OniReward.split_kwargs(source.get("kwargs") or {})
             name = own.get("labeler") or DEFAULT_NAME
+            labeler_kwargs.setdefault("label_log", str(Path(cfg.run_dir) / "labels" / f"{name}.jsonl"))
             if name not in self.handles:
                 self.handles[name] = spawn_labeler(labeler_kwargs, name=name,
                                                    remote=cluster.remote,

@@ -55,7 +55,7 @@ def test_async_with_max_staleness_zero_gives_the_sync_numbers(tmp_path):
         run(cfg)
         runs[mode] = Path(cfg.run_dir)
     metrics = {mode: [{k: v for k, v in r.items()
-                       if not k.startswith(("time/", "busy/", "queue/", "faults/"))}
+                       if not k.startswith(("time/", "busy/", "queue/", "faults/", "host/"))}
                       for r in _rows(d, "metrics.jsonl")] for mode, d in runs.items()}
     assert metrics["sync"] == metrics["async"]
     assert any(r.get("train/grad_norm", 0) > 0 for r in metrics["sync"])   # it did learn

@@ -146,6 +146,28 @@ def test_labeler_state_dict_round_trip():
         Labeler(start=False, kind="ranking").load_state_dict(labeler.state_dict())
 
 
+def test_a_restarted_labeler_reads_its_label_log_back_and_asks_for_nothing_twice(tmp_path):
+    """A labeler whose process died comes back empty; the judge's answers it had logged are
+    merged again, so those keys score at once and are never queued for the judge again."""
+    log_path = tmp_path / "labels" / "labeler.jsonl"
+    first = Labeler(start=False, label_log=str(log_path))
+    first.merge({"a": 1.0, "b": 0.0})
+    with log_path.open("a") as f:
+        f.write('{"key": "c", "lab')                 # the process died mid-write
+    again = Labeler(start=False, label_log=str(log_path))
+    rewards, labeled = again.annotate(["a", "b", "c"])
+    assert rewards[:2] == [1.0, 0.0] and labeled == [True, True, False]
+    assert list(again.queue) == ["c"]                 # only the unlabeled key goes to the judge
+    # a checkpoint older than the log: loading it keeps the labels that came after
+    old = Labeler(start=False).state_dict()
+    again.load_state_dict(old)
+    assert again.annotate(["a"], enqueue=False) == ([1.0], [True])
+    ranking = Labeler(start=False, kind="ranking", label_log=str(tmp_path / "pairs.jsonl"))
+    ranking.merge(pairs=[("x", "y", 1.0)])
+    back = Labeler(start=False, kind="ranking", label_log=str(tmp_path / "pairs.jsonl"))
+    assert back.done_pairs == {("x", "y")} and back.model.dataset_size == 1
+
+
 def test_ranking_labeler_queues_distinct_unlabeled_pairs():
     labeler = Labeler(start=False, kind="ranking", subsample=2, batch_size=4, pairs_per_refill=5)
     keys = [f"k{i}" for i in range(8)]
