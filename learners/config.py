@@ -78,5 +78,7 @@ class PolicyLossConfig:
                                                # sampler's log-probs)
     tis_cap: Optional[float] = None            # truncated importance sampling: weight tokens by
                                                # min(pi_old / pi_sampler, cap) (e.g. 2.0); needs
-                                               # recompute_old_logprobs
+                                               # recompute_old_logprobs. null: 2.0 when
+                                               # scheduler.mode=async trains stale samples
+                                               # (buffer.max_staleness > 0), else off; 0 = off
     critic: CriticConfig = field(default_factory=CriticConfig)  # value model for GAE (PPO)

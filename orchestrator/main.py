@@ -130,11 +130,19 @@ def learner_settings_common(cfg) -> dict:
     return settings
 
 
+ASYNC_TIS_CAP = 2.0   # algorithm.tis_cap when async mode trains stale samples and none is set
+
+
 def learner_settings(cfg) -> dict:
     """learner_settings_common plus the fields of `algorithm:` a learner rank reads
     (learners/config.py PolicyLossConfig) and LaSeR's loss, when reward.laser is set."""
     from learners.prepare import laser_loss_settings
     algorithm = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    if (algorithm["tis_cap"] is None and algorithm["recompute_old_logprobs"]
+            and cfg.scheduler.mode == "async" and cfg.buffer.max_staleness > 0):
+        # stale samples need the correction: without it, async runs of the main job with
+        # max_staleness 1 lost most of their accuracy gain (0.44 -> 0.49; with it 0.76)
+        algorithm["tis_cap"] = ASYNC_TIS_CAP
     laser = cfg.reward.laser
     return dict(**learner_settings_common(cfg),
                 **{f.name: algorithm[f.name] for f in fields(PolicyLossConfig)},

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.main import run
+from orchestrator.main import learner_settings, run
 from orchestrator.staleness import StalenessManager
 from tests.conftest import compose
 
@@ -40,6 +40,18 @@ def test_capacity_rule():
     m.landed(2, 0)
     m.withdrawn(2)                               # accepted groups dropped as stale free places
     assert m.capacity(0) == 2 and m.accepted == 0
+
+
+def test_async_with_stale_samples_weights_tokens_by_the_sampler_unless_told_otherwise(tmp_path):
+    """Stale samples get the decoupled objective's importance weight min(pi_old/pi_sampler, 2)
+    by default; lock-step, max_staleness 0 and an explicit choice are left as they are."""
+    cases = {("scheduler.mode=async", "buffer.max_staleness=1"): 2.0,
+             ("scheduler.mode=async", "buffer.max_staleness=0"): None,
+             ("scheduler.mode=sync", "buffer.max_staleness=1"): None,
+             ("scheduler.mode=async", "buffer.max_staleness=1", "algorithm.tis_cap=0"): 0,
+             ("scheduler.mode=async", "buffer.max_staleness=1", "algorithm.tis_cap=5"): 5}
+    for overrides, cap in cases.items():
+        assert learner_settings(compose(tmp_path, *overrides))["tis_cap"] == cap, overrides
 
 
 def _weights(run_dir: Path, step: int) -> dict:
