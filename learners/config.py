@@ -18,7 +18,9 @@ class LearnerConfig:
     """Learner ranks: torch.distributed (gloo on CPU, NCCL on GPU) with FSDP2 sharding the policy.
     Batch sizes count responses (rows)."""
 
-    strategy: str = checked("fsdp2", choices=("fsdp2", "none"))  # fsdp2 | none (one rank, no sharding)
+    strategy: str = checked("fsdp2", choices=("fsdp2", "none"))  # fsdp2: shard over the ranks (a
+                                               # single rank holds whole weights: sharding over one
+                                               # only copies) | none (one rank, no sharding)
     num_ranks: int = checked(1, ge=1)          # learner processes; each takes an equal share of every
                                                # mini-batch
     lr: float = checked(1.0e-5, gt=0, le=1)    # AdamW learning rate
@@ -43,6 +45,12 @@ class LearnerConfig:
                                                # activations in backward (less memory for long
                                                # responses, ~1/3 more compute)
     threads: int = 2                           # torch threads per rank on CPU; 0 leaves torch's default
+    nice: Optional[int] = checked(None, ge=-20, le=19)  # OS scheduling niceness of each rank's process
+                                               # (-20 first .. 19 last); null keeps the one it started
+                                               # with (Ray starts its workers at 15). Async mode on a CPU
+                                               # box: 0 gives the learner the cores whenever it computes
+                                               # and the rollout workers (15) what it leaves, so
+                                               # learner.threads can be the core count
     num_cpus: float = 1                        # Ray CPUs reserved per rank
     num_gpus: float = 0                        # Ray GPUs per rank (1 on a GPU cluster)
 

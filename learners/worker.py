@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.cpu import set_niceness
 from core.models import copy_tokenizer, load_policy, load_reward_model, load_tokenizer
 from core.net import node_address
 from core.records import Batch
@@ -32,6 +33,7 @@ from learners.losses import (LaserLoss, LossInputs, kl_estimate, laser_aux_loss,
                              value_loss)
 from learners.config import CriticConfig, LearnerConfig, PolicyLossConfig
 from learners.micro_batches import by_rows, token_micro_batches, without_padding
+from learners.precision import attention_in_fp32_on_cpu, autocast
 from learners.token_stats import chunked_token_stats
 from core.preference_losses import bradley_terry_loss, dpo_loss, simpo_loss
 
@@ -80,8 +82,12 @@ class LearnerWorker:
         self.version = 0
         if self.s.threads:
             torch.set_num_threads(self.s.threads)
+        if self.s.nice is not None:
+            set_niceness(self.s.nice)
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        # one rank holds whole weights: FSDP2 would only copy them (learners/precision.py)
+        self.sharded = self.s.strategy == "fsdp2" and world_size > 1
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -126,7 +132,8 @@ class LearnerWorker:
 
     def _sharded(self, model: torch.nn.Module) -> torch.nn.Module:
         model.to(self.device)
-        if self.s.strategy == "fsdp2":
+        attention_in_fp32_on_cpu(model, self.device, self.s.dtype)
+        if self.sharded:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
             low = getattr(torch, self.s.dtype)
             mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
@@ -166,25 +173,24 @@ class LearnerWorker:
 
         head.forward = stats
         try:
-            return model(input_ids=mb.input_ids.to(self.device),
-                         attention_mask=mb.attention_mask.to(self.device),
-                         position_ids=mb.position_ids.to(self.device), use_cache=False).logits
+            return self._forward(model, mb).logits
         finally:
             del head.forward
 
-    def _scores(self, mb: Batch) -> torch.Tensor:
-        """A reward model's score of each row (read at its last real token)."""
-        out = self.model(input_ids=mb.input_ids.to(self.device),
+    def _forward(self, model, mb: Batch):
+        """The model's forward over a micro-batch, in the configured compute dtype."""
+        with autocast(self.device, self.s.dtype, self.sharded):
+            return model(input_ids=mb.input_ids.to(self.device),
                          attention_mask=mb.attention_mask.to(self.device),
                          position_ids=mb.position_ids.to(self.device), use_cache=False)
-        return out.logits[:, 0].float()
+
+    def _scores(self, mb: Batch) -> torch.Tensor:
+        """A reward model's score of each row (read at its last real token)."""
+        return self._forward(self.model, mb).logits[:, 0].float()
 
     def _values(self, mb: Batch) -> torch.Tensor:
         """Critic values V(s_t) of the state before each response token."""
-        out = self.critic(input_ids=mb.input_ids.to(self.device),
-                          attention_mask=mb.attention_mask.to(self.device),
-                          position_ids=mb.position_ids.to(self.device))
-        return out.logits[:, mb.prompt_len - 1:-1, 0].float()
+        return self._forward(self.critic, mb).logits[:, mb.prompt_len - 1:-1, 0].float()
 
     def _my_rows(self, batch: Batch) -> Batch:
         """This rank's contiguous share of a global (mini-)batch."""

@@ -194,19 +194,24 @@ def _check_laser(cfg: DictConfig, group: int) -> None:
            "own c_ref; give a number (a one-worker run logs the measured one as train/laser_c_ref)")
 
 
+RAY_WORKER_NICE = 15   # the niceness Ray starts its worker processes with
+
+
 def _warn_oversubscribed(cfg: DictConfig) -> None:
     """Async stages run at the same time: on a local cluster, more torch threads than cores
-    makes every stage slower (measured on 2 cores: half the lock-step throughput)."""
+    makes every stage slower (measured on 2 cores: half the lock-step throughput), unless the
+    learner runs ahead of the rollout workers (learner.nice below Ray's 15) and takes the
+    cores whenever it computes."""
     if cfg.scheduler.mode != "async" or cfg.cluster.mode != "local":
         return
     r, lr = cfg.rollout, cfg.learner
     threads = r.threads * r.num_workers + lr.threads * lr.num_ranks
     cores = os.cpu_count() or 1
-    if threads > cores:
+    if threads > cores and (lr.nice is None or lr.nice >= RAY_WORKER_NICE):
         log.warning("scheduler.mode=async runs rollout and learner at once, with %d torch threads "
                     "(rollout.threads x rollout.num_workers + learner.threads x learner.num_ranks) "
-                    "on %d CPU cores: lower rollout.threads / learner.threads so they share the "
-                    "cores (e.g. rollout.threads=1 learner.threads=1 on 2 cores)", threads, cores)
+                    "on %d CPU cores: set learner.nice=0 so the learner takes the cores first, or "
+                    "lower rollout.threads / learner.threads so they share them", threads, cores)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -61,6 +61,8 @@ class ModelConfig:
                                                # model.tiny
     dtype: str = checked("float32", choices=("float32", "bfloat16"))  # learner and rollout weights'
                                                # compute dtype; learners keep fp32 master weights
+                                               # (learners/precision.py). bfloat16 on a CPU with AMX:
+                                               # toy learner step 1.9 -> 1.0 s, rollout 1.3 -> 0.8 s
     tiny: Optional[TinyModelConfig] = field(default_factory=TinyModelConfig)  # used when path is null
 
 

@@ -11,6 +11,7 @@ driver-side glue, batch preparation and buffer round trips. Last line: one JSON 
 figures.
 """
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def main(argv: list[str]) -> dict:
         "samples_per_s": sum(m["rollout/samples"] for m in rows) / total,
         "tokens_per_s": sum(m["rollout/response_tokens"] for m in rows) / total,
         "step_time_s": total / len(rows),
+        # robust to a neighbour on the host stretching single steps several-fold
+        "median_step_time_s": statistics.median(m["time/step"] for m in rows),
         "phase_share": {p: round(v, 4) for p, v in share.items()},
         "scheduler_overhead_share": 1.0 - sum(share.get(p, 0.0) for p in WORKER_PHASES),
         "loop_glue_share": sum(m["time/scheduler_overhead"] for m in rows) / total,

@@ -39,7 +39,7 @@ generation_batch_size count completions, not prompts):
     model), epsilon/epsilon_high = clip_low/clip_high, num_iterations = learner.epochs,
     loss_type from algorithm.loss_aggregation, scale_rewards from norm_by_std,
     gradient_checkpointing = learner.gradient_checkpointing (TRL's default is True; ours False),
-    bf16 off, fp32 weights, CPU, no vLLM, torch threads = learner.threads, no logging/saving,
+    fp32 weights, bf16 autocast when model.dtype=bfloat16 (TRL's bf16=True), CPU, no vLLM, torch threads = learner.threads, no logging/saving,
     prompts in the main job's order (shuffle_dataset off).
 
 Timing: an RL step is the wall time between two consecutive ends of TRL optimizer-step groups
@@ -224,12 +224,12 @@ def bench(spec: dict, steps: int, skip: int, threads: int | None) -> dict:
     dataset = Dataset.from_dict({"prompt": [p["text"] for p in rows],
                                  "answer": [p["answer"] for p in rows]})
     tokenizer = load_tokenizer(spec["model"])
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
+    # model.dtype=bfloat16: TRL's mixed precision (bf16=True: fp32 weights, autocast), as ours
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     scheduler = "constant_with_warmup" if spec["warmup_steps"] else "constant"
     out_dir = tempfile.mkdtemp(prefix="bench_trl_")
     args = GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, seed=spec["seed"],
+        output_dir=out_dir, use_cpu=True, bf16=spec["dtype"] == "bfloat16", fp16=False, seed=spec["seed"],
         report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True,
         max_steps=steps * updates_per_step, shuffle_dataset=False, dataloader_num_workers=0,
         num_generations=G, generation_batch_size=rollout_batch,

@@ -193,3 +193,38 @@ def test_a_token_budget_keeps_preference_pairs_whole(tmp_path, base):
 
 def _policy_state(group):
     return group.cluster.get(group.state_future())
+
+
+def test_bf16_on_one_cpu_rank_is_mixed_precision_near_the_fp32_step(tmp_path, base):
+    """model.dtype=bfloat16 on one unsharded rank: matmuls in bf16 under autocast, weights
+    and optimizer in fp32, attention in fp32 on CPU (learners/precision.py). The step is the
+    fp32 step up to bf16 rounding: close, but not equal."""
+    cfg = compose(tmp_path, "algorithm=grpo", "learner.mini_batch_size=8",
+                  "learner.micro_batch_size=4", "learner.lr=1e-3", "rollout.max_new_tokens=9")
+    fp32_metrics, fp32, _ = _train(Cluster("inline"), base, cfg, 1)
+    bf16_metrics, bf16, _ = _train(Cluster("inline"), base, cfg, 1, dtype="bfloat16")
+    assert all(v.dtype == torch.float32 for v in bf16.values())   # fp32 master weights
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)     # bf16 did compute
+    start = load_policy(base).state_dict()
+    moved = [torch.cat([(w[k] - start[k]).flatten() for k in start]) for w in (fp32, bf16)]
+    # Adam moves nearly every weight by about lr, sign(gradient): the signs mostly agree
+    assert torch.nn.functional.cosine_similarity(*moved, dim=0) > 0.9
+    assert bf16_metrics["entropy"] == pytest.approx(fp32_metrics["entropy"], rel=0.01)
+    assert bf16_metrics["loss"] == pytest.approx(fp32_metrics["loss"], abs=1e-4)   # ~4e-4
+
+
+def test_attention_runs_in_fp32_on_cpu_under_bf16_autocast():
+    """torch's CPU flash-attention backward is ~9x slower in bf16: under autocast the
+    registered attention still computes in fp32 (its result equals the fp32 one exactly)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from learners.precision import _sdpa_fp32_on_cpu
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 1
+    q, k, v = (torch.randn(2, 2, 5, 8) for _ in range(3))
+    want, _ = sdpa_attention_forward(module, q, k, v, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = _sdpa_fp32_on_cpu(module, q, k, v, None)
+        lowered, _ = sdpa_attention_forward(module, q, k, v, None)
+    assert lowered.dtype == torch.bfloat16           # what plain SDPA does under autocast
+    assert got.dtype == torch.float32 and torch.equal(got, want)
