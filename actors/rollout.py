@@ -66,6 +66,7 @@ class HFEngine:
         self.max_batch_prompts = max_batch_prompts
         self.version = 0
         self.offered: Weights | None = None   # newer weights to switch to between tokens
+        self.pieces: dict[int, str] = {}      # token id -> its text alone (step splitting)
 
     def load_weights(self, state: dict, version: int) -> None:
         self.model.load_state_dict(state)
@@ -94,8 +95,7 @@ class HFEngine:
             versions = decoded.versions[row]
             steps = step_ends = None
             if self.step_delimiter:
-                pieces = [tok.decode([t], skip_special_tokens=True) for t in ids]
-                steps, step_ends = split_steps(pieces, self.step_delimiter)
+                steps, step_ends = split_steps([self._piece(t) for t in ids], self.step_delimiter)
             samples.append(Sample(
                 prompt_id=prompt.prompt_id, group_id=f"{group_tag}{prompt.prompt_id}",
                 prompt_ids=prompt_ids.tolist(), response_ids=ids,
@@ -105,6 +105,14 @@ class HFEngine:
                 truncated=decoded.truncated[row], answer=prompt.answer, steps=steps,
                 step_ends=step_ends, metadata=dict(prompt.metadata)))
         return samples
+
+    def _piece(self, token: int) -> str:
+        """The text of one token alone, memoised: decoding each token of every response
+        one call at a time was about 15% of generation's CPU."""
+        piece = self.pieces.get(token)
+        if piece is None:
+            piece = self.pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
+        return piece
 
     def _weights_version(self) -> int:
         """Called by the decode loop between tokens: loads weights offered since it started

@@ -115,6 +115,19 @@ def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     return model
 
 
+def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated transformer blocks of a Hugging Face model, found by the class names the
+    model lists as never to be split across devices (`_no_split_modules`, e.g.
+    Qwen2DecoderLayer): the units FSDP shards and torch.compile compiles one by one."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} names no transformer block class in "
+                         f"_no_split_modules ({sorted(names)}): it cannot be sharded or "
+                         "compiled block by block")
+    return blocks
+
+
 def neutral_generation_config(shipped: GenerationConfig) -> GenerationConfig:
     """Keep only the special-token ids of a folder's generation_config.json.
 

@@ -31,8 +31,15 @@ def _sdpa_fp32_on_cpu(module, query, key, value, attention_mask, **kwargs):
     return out.to(query.dtype), weights
 
 
+def _sdpa_mask_always(*args, **kwargs):
+    """HF's SDPA mask, built even where a batch has no padding (where HF passes None and
+    lets SDPA apply causality itself): a compiled block (learner.compile) then sees one
+    input type and compiles once, not again at the first micro-batch without padding."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False})
+
+
 AttentionInterface.register(FP32_CPU_SDPA, _sdpa_fp32_on_cpu)
-AttentionMaskInterface.register(FP32_CPU_SDPA, sdpa_mask)
+AttentionMaskInterface.register(FP32_CPU_SDPA, _sdpa_mask_always)
 
 
 def attention_in_fp32_on_cpu(model: torch.nn.Module, device: torch.device, dtype: str) -> None:

@@ -14,6 +14,7 @@ each response and adds alpha * MSE(r_s, r_v) (learners/losses.py laser_aux_loss)
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -25,7 +26,8 @@ import torch
 import torch.distributed as dist
 
 from core.cpu import set_niceness
-from core.models import copy_tokenizer, load_policy, load_reward_model, load_tokenizer
+from core.models import (copy_tokenizer, decoder_blocks, load_policy, load_reward_model,
+                         load_tokenizer)
 from core.net import node_address
 from core.records import Batch
 from core.registry import lookup
@@ -120,7 +122,29 @@ class LearnerWorker:
                                                                            self.s.critic.lr)
         if self.laser:
             self.laser_token_id = _token_id(self.model_path, self.laser.token)
+        if self.s.compile:
+            self._compile_now()
         return self.rank
+
+    def _compile_now(self) -> None:
+        """Compile the blocks at set-up rather than at whichever later step first shows a
+        new kind of input: torch.compile specialises a one-row batch apart from wider ones,
+        and a batch without padding (no attention mask) apart from one with.
+        The trained models compile their forward and backward, the reference its forward."""
+        models = [(self.model, True), (self.reference, False), (self.critic, True)]
+        for model, trains in [(m, trains) for m, trains in models if m is not None]:
+            for rows, padded in itertools.product((2, 1), (True, False)):
+                ids = torch.zeros(rows, 8, dtype=torch.long, device=self.device)
+                mask = torch.ones_like(ids)
+                mask[0, :2] = 0 if padded else 1      # left padding, as prompts have
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                with torch.set_grad_enabled(trains), autocast(self.device, self.s.dtype,
+                                                              self.sharded):
+                    out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                use_cache=False).logits
+                if trains:
+                    out.float().sum().backward()
+            model.zero_grad(set_to_none=True)
 
     def _optimizer(self, model, lr):
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(self.s.betas),
@@ -137,9 +161,12 @@ class LearnerWorker:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
             low = getattr(torch, self.s.dtype)
             mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
-            for layer in model.model.layers:
-                fully_shard(layer, mp_policy=mp)
+            for block in decoder_blocks(model):
+                fully_shard(block, mp_policy=mp)
             fully_shard(model, mp_policy=mp)
+        if self.s.compile:   # block by block, after sharding, as FSDP2 expects
+            for block in decoder_blocks(model):
+                block.compile(dynamic=True)
         return model
 
     # --- forward passes ------------------------------------------------------------------

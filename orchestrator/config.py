@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -214,6 +215,12 @@ def _warn_oversubscribed(cfg: DictConfig) -> None:
                     "lower rollout.threads / learner.threads so they share them", threads, cores)
 
 
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch's inductor would use on CPU (CXX, else c++ / g++ / clang++)."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    return next((c for c in candidates if shutil.which(c)), None)
+
+
 def validate(cfg: DictConfig) -> None:
     for key, value, problem in problems(MainConfig, cfg):   # each field's range and choices
         raise ConfigError(f"config {key}={value!r}: {problem}")
@@ -233,6 +240,10 @@ def validate(cfg: DictConfig) -> None:
            f"= {prompts} x {group} = {rollout_batch} responses)")
     _check(mini % ranks == 0, "learner.mini_batch_size", mini,
            f"must be a multiple of learner.num_ranks={ranks} (each rank takes an equal share)")
+
+    _check(not cfg.learner.compile or cfg.learner.num_gpus or _cxx_compiler(), "learner.compile",
+           True, "torch.compile on CPU builds C++ kernels: install a C++ compiler (g++) or set "
+           "learner.compile=false")
 
     _check_algorithm(cfg, group)
 

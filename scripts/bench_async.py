@@ -6,16 +6,19 @@
     completion delayed by --judge-latency-s, default 0.5 s) joins the reward. Throughput
     (samples/s) with it, divided by throughput with no judge, two ways:
       labeler: reward=oni, the ONI labeler asks the judge in the background and the reward
-               reads whatever labels exist (actors/labeler.py);
+               reads whatever labels exist (actors/labeler.py); this run and the no-judge
+               one it is divided by run in async mode, as (b)'s async run;
       sync:    the judge as an ordinary reward source (soft_verifier, weight 0: it only
-               informs, so learning is the same), each reward call waiting for its answers.
+               informs, so learning is the same), lock-step, each reward call waiting for
+               its answers.
 (b) steps/s with scheduler.mode=async, buffer.max_staleness=1, divided by steps/s of the
     lock-step scheduler, same config (async: the learner at niceness 0 with a torch thread per
     core, the rollout worker with one thread at Ray's niceness 15, so the learner computes at
     full speed and generation fills the cores it leaves). Each run's cores busy say how much
     idle capacity overlap had left to use.
 (c) with --trl-python PY (a scratch venv with TRL, see scripts/bench_trl.py): TRL's
-    GRPOTrainer on the same model, prompts and batch, and our best samples/s over its.
+    GRPOTrainer on the same model, prompts and batch, and our best samples/s over its
+    (always uncompiled; with model.dtype=bfloat16 in both precisions, the faster counts).
 
 Every run is the main job (scripts/bench_pipeline.py: warm start from the cache, the first
 step left out). Extra key=value overrides apply to every run. The last line is one JSON
@@ -109,29 +112,34 @@ def main() -> dict:
                         "scripts/bench_trl.py and compare")
     args, overrides = parser.parse_known_args()
 
+    # the learner takes every core when it computes; the rollout worker, one torch thread at
+    # Ray's niceness 15, works in what the learner leaves
+    asynchronous = ["scheduler.mode=async", "rollout.threads=1", f"learner.threads={os.cpu_count()}",
+                    "learner.nice=0", "buffer.max_staleness=1"]
     runs = {"sync": measure("sync", args.steps, ["scheduler.mode=sync", *overrides]),
-            # the learner takes every core when it computes; the rollout worker, one torch
-            # thread at Ray's niceness 15, works in what the learner leaves
-            "async": measure("async", args.steps, ["scheduler.mode=async", "rollout.threads=1",
-                                                   f"learner.threads={os.cpu_count()}",
-                                                   "learner.nice=0", "buffer.max_staleness=1",
-                                                   *overrides])}
+            "async": measure("async", args.steps, [*asynchronous, *overrides])}
     judge, url = start_judge(str(judge_model()), args.judge_latency_s)
     try:
         judged = [f"judge.url={url}", *overrides]
-        runs["no_judge"] = measure("no_judge", args.steps, ["reward=verifier", *overrides])
+        # the labeler pair runs asynchronously, the mode the labeler is built for
+        runs["no_judge"] = measure("no_judge", args.steps, ["reward=verifier", *asynchronous,
+                                                            *overrides])
         # a verdict of at most 2 tokens ("yes"/"no"), as the soft verifier reads 1 token
         runs["labeler"] = measure("labeler", args.steps, ["reward=oni",
                                                           "reward.sources.1.kwargs.max_tokens=2",
-                                                          *judged])
+                                                          *asynchronous, *judged])
+        # today's synchronous judge path: lock-step, each reward call waits for its verdicts
         runs["sync_judge"] = measure("sync_judge", args.sync_judge_steps, [SOFT_JUDGE, *judged])
     finally:
         judge.terminate()
     if args.trl_python:
-        runs["trl"] = measure_trl(args.trl_python, args.steps, overrides)
+        # TRL uncompiled: its Trainer compiles the whole model, which recompiles for each new
+        # padded shape (one 66 s recompile at its second step) and ran no faster after
+        trl = [*overrides, "learner.compile=false"]
+        runs["trl"] = measure_trl(args.trl_python, args.steps, trl)
         if any(o == "model.dtype=bfloat16" for o in overrides):   # and TRL's other precision
             runs["trl_fp32"] = measure_trl(args.trl_python, args.steps,
-                                           [*overrides, "model.dtype=float32"])
+                                           [*trl, "model.dtype=float32"])
     base = runs["no_judge"]["samples_per_s"]
     figures = {
         "slow_judge_ratio_labeler": runs["labeler"]["samples_per_s"] / base,

@@ -39,7 +39,9 @@ generation_batch_size count completions, not prompts):
     model), epsilon/epsilon_high = clip_low/clip_high, num_iterations = learner.epochs,
     loss_type from algorithm.loss_aggregation, scale_rewards from norm_by_std,
     gradient_checkpointing = learner.gradient_checkpointing (TRL's default is True; ours False),
-    fp32 weights, bf16 autocast when model.dtype=bfloat16 (TRL's bf16=True), CPU, no vLLM, torch threads = learner.threads, no logging/saving,
+    fp32 weights, bf16 autocast when model.dtype=bfloat16 (TRL's bf16=True), torch_compile =
+    learner.compile (the Trainer compiles the whole model; generation runs uncompiled), CPU, no
+    vLLM, torch threads = learner.threads, no logging/saving,
     prompts in the main job's order (shuffle_dataset off).
 
 Timing: an RL step is the wall time between two consecutive ends of TRL optimizer-step groups
@@ -146,7 +148,7 @@ def print_spec(overrides: list[str], steps: int, model: str | None) -> None:
         "max_grad_norm": l.max_grad_norm, "mini_batch_size": l.mini_batch_size,
         "micro_batch_size": l.micro_batch_size, "micro_batch_tokens": l.micro_batch_tokens,
         "epochs": l.epochs, "gradient_checkpointing": l.gradient_checkpointing,
-        "threads": l.threads, "dtype": cfg.model.dtype,
+        "threads": l.threads, "dtype": cfg.model.dtype, "compile": l.compile,
     }
     print(SPEC_MARK + json.dumps(spec), flush=True)
 
@@ -242,6 +244,7 @@ def bench(spec: dict, steps: int, skip: int, threads: int | None) -> dict:
         loss_type=LOSS_TYPES.get(spec["loss_aggregation"], "grpo"),
         scale_rewards="group" if spec["norm_by_std"] else "none",
         gradient_checkpointing=spec["gradient_checkpointing"], use_vllm=False,
+        torch_compile=spec["compile"],
     )
     assert args.steps_per_generation * args.per_device_train_batch_size == rollout_batch
 

@@ -38,6 +38,12 @@ def test_bad_values_name_the_field(tmp_path, override, field):
     assert ":" in str(err.value)  # followed by what is wrong
 
 
+def test_compile_without_a_cxx_compiler_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "/no/such/compiler")
+    with pytest.raises(ConfigError, match="config learner.compile=True: .*g\\+\\+"):
+        validate(compose(tmp_path, "cluster=inline", "learner.compile=true"))
+
+
 def test_unknown_key_is_refused_by_hydra(tmp_path):
     with pytest.raises(ConfigCompositionException, match="learner.lrr"):
         compose(tmp_path, "learner.lrr=0.1")
