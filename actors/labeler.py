@@ -164,6 +164,11 @@ class Labeler:
         self.label_log = Path(label_log) if label_log else None
         self.replay_label_log()
         if start:
+            # imported here, where a judge is called, and now rather than at the first batch:
+            # the openai SDK's import takes about 1 s of CPU, and holding the GIL in this
+            # process it stalled the reward calls of the run's first steps
+            from rewards.judge_client import client_for
+            self._client = client_for(url, model, request_timeout_s, retries, concurrency)
             # the thread holds the labeler only weakly: a labeler nobody uses any more is
             # collected and its thread ends (no HTTP calls to a judge that was stopped)
             threading.Thread(target=_work, args=(weakref.ref(self),), daemon=True,
@@ -360,11 +365,6 @@ class Labeler:
             {"role": "user", "content": user}]
 
     def _judge(self, batch: list) -> list:
-        if self._client is None:
-            # imported here: the openai SDK loads only where a judge is called
-            from rewards.judge_client import client_for
-            self._client = client_for(self.url, self.judge_model, self.request_timeout_s,
-                                      self.retries, self.concurrency)
         try:
             return self._client.generate(self.api, [self._prompt(x) for x in batch],
                                          max_tokens=self.max_tokens, temperature=self.temperature)
