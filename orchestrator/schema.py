@@ -203,7 +203,7 @@ class RewardConfig:
                                                # fn(sample, sources)
     num_workers: int = checked(1, ge=1)        # reward actors; groups are split evenly between them
     threads_per_source: int = 4                # concurrent calls per source in one worker (a judge
-                                               # batches them; the code sandbox pool runs one program
+                                               # batches them; the code sandbox pool runs two programs
                                                # per CPU, REWARDMILL_SANDBOX_SLOTS)
     exclude_flagged_from_loss: bool = True     # flagged samples keep their place in the group, but get
                                                # no gradient

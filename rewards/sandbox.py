@@ -10,8 +10,8 @@
 Tests are assert strings or {"input", "output"} stdin/stdout pairs; either way the verdict is
 reached in this process, never in the program's (rewards/code_checks.py).
 
-Every program runs in a fresh process, started by rewards/sandbox_init.py in a fresh
-interpreter, with:
+Every program runs in a fresh process and interpreter, started by a launcher that a fork
+server (rewards/sandbox_init.py, one per pool) forks for it, with:
   - new pid, mount, network, IPC and UTS namespaces: it sees only its own processes (and not
     the host's environment through /proc), has no network, and when it ends or times out
     everything it started dies with it (the pid namespace's init exits);
@@ -32,7 +32,6 @@ the caller allows running it with resource limits only (`allow_unisolated=True`;
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import functools
 import logging
@@ -42,6 +41,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -76,11 +76,20 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 
 def private_dirs(python: str) -> tuple:
     """The directories a sandboxed program must not see: every real top-level directory outside
-    SYSTEM_DIRS and the interpreter's own, plus shared memory and this project's checkout."""
-    keep = set(SYSTEM_DIRS) | {"/" + Path(os.path.realpath(python)).parts[1]}
-    top = sorted(str(p) for p in Path("/").iterdir() if p.is_dir() and not p.is_symlink())
-    project = str(Path(__file__).resolve().parents[1])
-    return tuple(p for p in top if p not in keep) + ("/dev/shm", project)
+    SYSTEM_DIRS and the interpreter's own, plus shared memory and this project's checkout.
+    Listed again for every program: a directory made a moment ago is hidden too."""
+    keep = set(SYSTEM_DIRS) | {_top_level(python)}
+    with os.scandir("/") as entries:   # the entries' types come with the listing: no stat each
+        top = sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    return tuple(p for p in top if p not in keep) + ("/dev/shm", PROJECT)
+
+
+@functools.lru_cache(maxsize=None)
+def _top_level(python: str) -> str:
+    return "/" + Path(os.path.realpath(python)).parts[1]
+
+
+PROJECT = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass(frozen=True)
@@ -123,11 +132,6 @@ class SandboxUnavailable(RuntimeError):
     """Model code would run without isolation and the caller did not allow it."""
 
 
-class UidBusy(Exception):
-    """exec failed with EAGAIN: the uid has RLIMIT_NPROC processes we cannot see or reap
-    (another container, unreaped zombies). The slot moves to another uid."""
-
-
 @dataclass
 class _Process:
     status: str           # as SandboxResult.status
@@ -142,14 +146,69 @@ def _is_root() -> bool:
     return os.geteuid() == 0 and sys.platform.startswith("linux")
 
 
-def _launch(files: dict[str, bytes], argv: list[str], limits: Limits, mode: str,
-            uid: int | None, stdin: bytes | None = None) -> _Process:
-    """Run `python argv...` in a fresh sandbox holding `files` in its working directory."""
+class LaunchServer:
+    """rewards/sandbox_init.py running as a fork server for one interpreter: `spawn` hands it
+    a job's fds and gets back the launcher's pid and a pidfd. Restarted if it died (a program
+    cannot reach it: it runs as another user or in its own namespaces; unisolated, it might)."""
+
+    def __init__(self, python: str):
+        self.python = python
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._process: subprocess.Popen | None = None
+
+    def _start(self) -> None:
+        host, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with server:
+            self._process = subprocess.Popen(
+                [self.python, "-I", "-S", "-B", "-c", LAUNCHER, str(server.fileno())],
+                stdin=subprocess.DEVNULL, env=ENV, pass_fds=(server.fileno(),),
+                start_new_session=True)
+        self._sock = host
+
+    def spawn(self, fds: list[int]) -> tuple[int, int]:
+        """Fork a launcher for the job in `fds` (job, stdout, stderr, report, status files):
+        (its pid, a pidfd for it, which the caller closes)."""
+        with self._lock:
+            for attempt in range(2):
+                if self._sock is None:
+                    self._start()
+                try:
+                    socket.send_fds(self._sock, [b"job"], fds)
+                    msg, got, _, _ = socket.recv_fds(self._sock, 32, 1)
+                    if msg and got:
+                        return int(msg), got[0]
+                except OSError:
+                    if attempt:
+                        raise
+                log.warning("sandbox: the launch server exited (%s); starting a new one",
+                            self._process.poll())
+                self.close()
+            raise RuntimeError("sandbox: the launch server did not answer twice in a row")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()   # the server exits at end of file
+            self._sock = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+def _launch(server: LaunchServer, files: dict[str, bytes], script: str, limits: Limits,
+            mode: str, uid: int | None, stdin: bytes | None = None) -> _Process:
+    """Run `python script` in a fresh sandbox holding `files` in its working directory."""
     host_dir = tempfile.mkdtemp(prefix="rewardmill-sandbox-") if mode == "none" else None
     workdir = host_dir or "/tmp/work"   # /tmp/work: inside the private /tmp
     if stdin is not None:
         files = {**files, ".stdin": stdin}
-    out, err, report, status = (tempfile.TemporaryFile() for _ in range(4))
+    # in-memory files (no filesystem work); a program's writes to them still meet RLIMIT_FSIZE
+    job_file, out, err, report, status = (os.fdopen(os.memfd_create(f"sandbox-{name}"), "w+b")
+                                          for name in ("job", "out", "err", "report", "status"))
     mb = 1024 * 1024
     job = {"mode": mode, "uid": uid, "workdir": workdir, "files": files,
            "hidden": limits.hidden if limits.hidden is not None else private_dirs(limits.python),
@@ -159,30 +218,24 @@ def _launch(files: dict[str, bytes], argv: list[str], limits: Limits, mode: str,
                        (resource.RLIMIT_NOFILE, limits.open_files),
                        (resource.RLIMIT_NPROC, limits.processes),
                        (resource.RLIMIT_CORE, 0)],
-           "argv": [limits.python, "-I", "-S", "-B", *argv],
-           "env": {**ENV, "HOME": workdir}, "stdin": ".stdin" if stdin is not None else "/dev/null",
-           "report_fd": report.fileno(), "status_fd": status.fileno()}
-    start = time.monotonic()
+           "script": script,
+           "env": {**ENV, "HOME": workdir}, "stdin": ".stdin" if stdin is not None else "/dev/null"}
+    with job_file:
+        job_file.write(marshal.dumps(job))
+        job_file.flush()
+        start = time.monotonic()
+        pid, pidfd = server.spawn([f.fileno() for f in (job_file, out, err, report, status)])
     timed_out = False
     try:
-        proc = subprocess.Popen([limits.python, "-I", "-S", "-B", "-c", LAUNCHER],
-                                stdin=subprocess.PIPE, stdout=out, stderr=err, env=ENV,
-                                pass_fds=(report.fileno(), status.fileno()),
-                                start_new_session=True)
-        try:
-            proc.stdin.write(marshal.dumps(job))
-            proc.stdin.close()
-        except BrokenPipeError:   # the launcher died at once; its stderr says why
-            pass
-        if not _exits_within(proc, limits.wall_s):
+        if not _exits_within(pidfd, limits.wall_s):
             timed_out = True
-            _stop(proc, mode)
-        try:   # what the program started outside a pid namespace
-            os.killpg(proc.pid, signal.SIGKILL)
+            _stop(pidfd, mode)
+        try:   # what the program started outside a pid namespace (its own process group)
+            os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        proc.wait()
     finally:
+        os.close(pidfd)
         if host_dir:
             shutil.rmtree(host_dir, ignore_errors=True)
     wall = time.monotonic() - start
@@ -191,9 +244,7 @@ def _launch(files: dict[str, bytes], argv: list[str], limits: Limits, mode: str,
     stdout, full_out = _read_capped(out, limits.output_bytes)
     stderr, full_err = _read_capped(err, limits.output_bytes)
     report = _read_capped(report, limits.report_bytes)[0]
-    if first[0] == "exec-error" and first[1] == str(errno.EAGAIN):
-        raise UidBusy(uid)
-    if first[0] in ("setup-error", "exec-error"):
+    if first[0] == "setup-error":
         return _Process("error", stdout, stderr, report, wall, setup_error=" ".join(first))
     ended = {"exit": 1, "signal": -1}.get(first[0])
     returncode = ended * int(first[1]) if ended else None
@@ -201,34 +252,23 @@ def _launch(files: dict[str, bytes], argv: list[str], limits: Limits, mode: str,
                     stdout, stderr, report, wall)
 
 
-def _exits_within(proc: subprocess.Popen, seconds: float) -> bool:
-    """Wait for the launcher to exit, woken the moment it does (Popen.wait with a timeout
-    polls with sleeps of up to 50 ms, which would dominate a 40 ms program)."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):   # Linux < 5.3
-        try:
-            proc.wait(timeout=seconds)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        return bool(select.select([pidfd], [], [], seconds)[0])
-    finally:
-        os.close(pidfd)
+def _exits_within(pidfd: int, seconds: float | None) -> bool:
+    """Wait for the launcher to exit, woken the moment it does."""
+    return bool(select.select([pidfd], [], [], seconds)[0])
 
 
-def _stop(proc: subprocess.Popen, mode: str) -> None:
+def _stop(pidfd: int, mode: str) -> None:
     """Past the wall-clock limit: the launcher kills the namespace's init and returns once
     every process in it is gone (SIGKILL if it does not answer in time)."""
-    if mode != "none":
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    proc.kill()
+    try:
+        if mode != "none":
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if _exits_within(pidfd, 5):
+                return
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:   # it exited (and was reaped) meanwhile
+        return
+    _exits_within(pidfd, None)
 
 
 def _status(returncode: int | None, timed_out: bool, stderr: str, output_full: bool) -> str:
@@ -326,16 +366,20 @@ def isolation(python: str | None = None) -> Isolation:
     limits = Limits(wall_s=30, python=python or _default_python())
     claims = UidClaims() if _is_root() else None
     problems = []
-    for mode in ("root", "userns") if claims else ("userns",):
-        uid = claims.claim() if claims else None
-        try:
-            probe = _launch({"solution.py": b""}, ["solution.py"], limits, mode, uid)
-        finally:
-            if claims:
-                claims.release(uid)
-        if probe.status == "ok":
-            return Isolation(mode)
-        problems.append(f"{mode}: {probe.setup_error or probe.status + ' ' + probe.stderr[-300:]}")
+    server = LaunchServer(limits.python)
+    try:
+        for mode in ("root", "userns") if claims else ("userns",):
+            uid = claims.claim() if claims else None
+            try:
+                probe = _launch(server, {"solution.py": b""}, "solution.py", limits, mode, uid)
+            finally:
+                if claims:
+                    claims.release(uid)
+            if probe.status == "ok":
+                return Isolation(mode)
+            problems.append(f"{mode}: {probe.setup_error or probe.status + ' ' + probe.stderr[-300:]}")
+    finally:
+        server.close()
     missing = ("; ".join(problems) + ". User namespaces may be off (sysctl "
                "user.max_user_namespaces or kernel.unprivileged_userns_clone) or blocked by "
                "a seccomp/AppArmor profile; as root, CAP_SYS_ADMIN may be missing")
@@ -354,11 +398,23 @@ class SandboxPool:
         self._claims = UidClaims() if _is_root() and self.isolation.mode != "none" else None
         self._free: list[int | None] = [self._claims.claim() if self._claims else None
                                         for _ in range(size)]
+        self._servers: dict[str, LaunchServer] = {}   # interpreter -> its fork server
 
     def close(self) -> None:
-        """Give the pool's sandbox users back (also happens when the process exits)."""
+        """Stop the fork servers, give the pool's sandbox users back (both also happen when
+        the process exits)."""
+        with self._cond:
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.close()
         for uid in self.uids:
             self._claims.release(uid)
+
+    def _server(self, python: str) -> LaunchServer:
+        with self._cond:
+            if python not in self._servers:
+                self._servers[python] = LaunchServer(python)
+            return self._servers[python]
 
     @property
     def uids(self) -> list[int]:
@@ -382,32 +438,22 @@ class SandboxPool:
                 self._cond.wait()
             uid = self._free.pop()
         try:
-            for _ in range(3):
-                try:
-                    return self._judge(code, checks, limits, uid)
-                except UidBusy:
-                    log.warning("sandbox: uid %d is at its process limit with processes we "
-                                "cannot reap; the slot moves to another uid", uid)
-                    fresh = self._claims.claim()
-                    self._claims.release(uid)
-                    uid = fresh
-            return SandboxResult([False] * len(tests), "error",
-                                 stderr="sandbox: no usable uid (process limit reached)")
+            return self._judge(code, checks, limits, uid)
         finally:
             with self._cond:
                 self._free.append(uid)
                 self._cond.notify()
 
     def _judge(self, code: str, checks, limits: Limits, uid: int | None) -> SandboxResult:
-        mode = self.isolation.mode
+        mode, server = self.isolation.mode, self._server(limits.python)
         if isinstance(checks, code_checks.AssertPlan):
-            proc = _launch(code_checks.runner_files(checks, code), ["runner.py"], limits, mode, uid)
+            proc = _launch(server, code_checks.runner_files(checks, code), "runner.py", limits, mode, uid)
             passed, reasons = code_checks.judge_asserts(checks, proc.report)
             return SandboxResult(passed, proc.status, proc.stdout, proc.stderr, proc.wall_s,
                                  reasons)
         passed, reasons, runs = [], [], []
         for test in checks:   # one fresh run per input: nothing carries over between tests
-            proc = _launch({"solution.py": code.encode("utf-8", "replace")}, ["solution.py"],
+            proc = _launch(server, {"solution.py": code.encode("utf-8", "replace")}, "solution.py",
                            limits, mode, uid, stdin=test.input.encode())
             ok = proc.status == "ok" and code_checks.same_output(proc.stdout, test.output)
             passed.append(ok)
@@ -442,7 +488,10 @@ def default_pool() -> SandboxPool:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = SandboxPool(int(os.environ.get("REWARDMILL_SANDBOX_SLOTS", os.cpu_count() or 2)))
+            # two per core: a program's wall time is partly waits (forks, its launcher, the
+            # host's wake-up), which a second program per core fills (bench_sandbox.py --slots)
+            slots = os.environ.get("REWARDMILL_SANDBOX_SLOTS", 2 * (os.cpu_count() or 1))
+            _POOL = SandboxPool(int(slots))
         return _POOL
 
 

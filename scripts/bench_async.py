@@ -7,7 +7,8 @@
     (samples/s) with it, divided by throughput with no judge, two ways:
       labeler: reward=oni, the ONI labeler asks the judge in the background and the reward
                reads whatever labels exist (actors/labeler.py); this run and the no-judge
-               one it is divided by run in async mode, as (b)'s async run;
+               one it is divided by run in async mode, as (b)'s async run, each twice, in
+               the order no judge, labeler, labeler, no judge (the box's speed drifts);
       sync:    the judge as an ordinary reward source (soft_verifier, weight 0: it only
                informs, so learning is the same), lock-step, each reward call waiting for
                its answers.
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -92,6 +94,19 @@ def measure(name: str, steps: int, overrides: list[str]) -> dict:
                                     "steps_measured", "busy_cores", "steal_cores")}
 
 
+def pooled(runs: list[dict]) -> dict:
+    """Several runs of one config as one: samples/s over all their measured steps."""
+    steps = sum(r["steps_measured"] for r in runs)
+    seconds = sum(r["step_time_s"] * r["steps_measured"] for r in runs)
+    samples = sum(r["samples_per_s"] * r["step_time_s"] * r["steps_measured"] for r in runs)
+    return {"samples_per_s": samples / seconds, "step_time_s": seconds / steps,
+            "median_step_time_s": statistics.median(r["median_step_time_s"] for r in runs),
+            "steps_measured": steps,
+            **{k: sum(r[k] * r["step_time_s"] * r["steps_measured"] for r in runs) / seconds
+               for k in ("busy_cores", "steal_cores")},
+            "each_samples_per_s": [round(r["samples_per_s"], 1) for r in runs]}
+
+
 def measure_trl(python: str, steps: int, overrides: list[str]) -> dict:
     print(f"\n=== trl: scripts/bench_trl.py {' '.join(overrides)}", flush=True)
     out = subprocess.run([python, str(REPO / "scripts" / "bench_trl.py"), "--steps", str(steps),
@@ -121,13 +136,17 @@ def main() -> dict:
     judge, url = start_judge(str(judge_model()), args.judge_latency_s)
     try:
         judged = [f"judge.url={url}", *overrides]
-        # the labeler pair runs asynchronously, the mode the labeler is built for
-        runs["no_judge"] = measure("no_judge", args.steps, ["reward=verifier", *asynchronous,
-                                                            *overrides])
-        # a verdict of at most 2 tokens ("yes"/"no"), as the soft verifier reads 1 token
-        runs["labeler"] = measure("labeler", args.steps, ["reward=oni",
-                                                          "reward.sources.1.kwargs.max_tokens=2",
-                                                          *asynchronous, *judged])
+        # the labeler pair runs asynchronously, the mode the labeler is built for, twice each in
+        # the order A B B A: this box's speed drifts within minutes, and a drift that is linear
+        # over the four runs falls equally on both
+        pair = {"no_judge": ["reward=verifier", *asynchronous, *overrides],
+                # a verdict of at most 2 tokens ("yes"/"no"), as the soft verifier reads 1 token
+                "labeler": ["reward=oni", "reward.sources.1.kwargs.max_tokens=2", *asynchronous,
+                            *judged]}
+        parts: dict[str, list] = {"no_judge": [], "labeler": []}
+        for name in ("no_judge", "labeler", "labeler", "no_judge"):
+            parts[name].append(measure(f"{name}{len(parts[name]) + 1}", args.steps, pair[name]))
+        runs.update({name: pooled(found) for name, found in parts.items()})
         # today's synchronous judge path: lock-step, each reward call waits for its verdicts
         runs["sync_judge"] = measure("sync_judge", args.sync_judge_steps, [SOFT_JUDGE, *judged])
     finally:

@@ -2,7 +2,7 @@
 
     python scripts/bench_sandbox.py [--programs 200] [--slots N] [--allow-unisolated]
 
-Three workloads through a pool of N slots (default: CPU count), side by side:
+Three workloads through a pool of N slots (default: two per CPU, as the reward uses), side by side:
   trivial: a one-line function and one assert test (the sandbox's own cost per program);
   mix:     correct, wrong and looping-to-the-1-s-CPU-limit solutions, four assert tests each;
   stdio:   a program reading stdin, three stdin/stdout tests (a fresh run per test).
@@ -42,7 +42,7 @@ def timed(pool, jobs, limits, allow):
 def main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--programs", type=int, default=200)
-    parser.add_argument("--slots", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--slots", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--allow-unisolated", action="store_true",
                         help="run even where the sandbox cannot isolate (resource limits only)")
     args = parser.parse_args(argv)

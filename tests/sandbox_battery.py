@@ -70,6 +70,7 @@ CONTAINMENT = [
     ("setuid_root", "import os; os.setuid(0)", None),
     ("chmod_and_chown", "import os\nfor p in ['/etc/passwd', '/usr/bin', 'ASSET', 'ASSET/secret.txt']:\n    try: os.chmod(p, 0o777)\n    except OSError: pass\n    try: os.chown(p, 0, 0)\n    except OSError: pass", None),
     ("capabilities", "print(open('/proc/self/status').read())", None),
+    ("unmount_the_cover", "import ctypes\nlibc = ctypes.CDLL(None)\nfor p in ('/' + 'ASSET'.strip('/').split('/')[0], 'ASSET'):\n    libc.umount2(p.encode(), 2)\nprint(open('ASSET/secret.txt').read())", None),
     ("remount_writable", "import ctypes\nlibc = ctypes.CDLL(None)\nfor t in [b'/', b'/usr', b'/tmp', b'/proc']:\n    libc.umount2(t, 2)\n    libc.mount(None, t, None, 32, None)\nopen('/usr/pwned', 'w').write('x')", None),
 ]
 

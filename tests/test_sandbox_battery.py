@@ -184,9 +184,10 @@ def test_two_pools_on_one_host_never_share_a_user():
 
 
 @pytest.mark.skipif(not _is_root(), reason="sandbox users exist only under root")
-def test_slot_moves_off_a_user_that_is_at_its_process_limit():
+def test_a_slot_user_at_its_process_limit_still_runs_programs():
     """Processes of the slot's user that the pool did not start (another container, zombies
-    nobody reaps) make exec fail with EAGAIN; the slot takes another user and still runs."""
+    nobody reaps) do not stop its programs: they are forked, not exec'd, so the kernel's
+    process-count check at exec never applies; only the program's own forks would fail."""
     pool = SandboxPool(1)
     [busy] = pool.uids
     hog = subprocess.Popen([Limits().python, "-c", "import threading, time\n"
@@ -195,10 +196,26 @@ def test_slot_moves_off_a_user_that_is_at_its_process_limit():
     try:
         time.sleep(1.0)
         result = pool.run("def f(x): return x + 1", ["assert f(1) == 2"], battery.LIMITS)
-        assert result.passed == [True] and pool.uids != [busy]
+        assert result.passed == [True] and result.status == "ok"
     finally:
         hog.kill()
         pool.close()
+
+
+def test_the_launch_server_comes_back_after_it_dies():
+    """The fork server that starts every program is restarted when it is gone, and a closed
+    pool leaves no server behind."""
+    pool = SandboxPool(1)
+    program = ("def f(x): return 2 * x", ["assert f(2) == 4"])
+    assert pool.run(*program, battery.LIMITS).passed == [True]
+    first = pool._server(battery.LIMITS.python)._process
+    first.kill()
+    first.wait()
+    assert pool.run(*program, battery.LIMITS).passed == [True]
+    second = pool._server(battery.LIMITS.python)._process
+    assert second.pid != first.pid and second.poll() is None
+    pool.close()
+    assert second.poll() is not None
 
 
 def test_pool_runs_in_parallel():
