@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from omegaconf import OmegaConf
 
-from actors.buffer import Added, GroupFilter, ReplayBuffer
+from actors.buffer import ReplayBuffer
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
 from core.records import Prompt, Sample, SamplingParams, Weights
@@ -80,13 +80,6 @@ class Pipeline:
     def annotate(self, sample_futures: list, learn: bool = True) -> list:
         return [self.score_share(k, f, learn) for k, f in enumerate(sample_futures)]
 
-    def to_buffer(self, scored_futures: list, group_filter: GroupFilter | None = None,
-                  step: int = 0) -> list[Added]:
-        """Queue the scored samples; `group_filter` (at step number `step`) sets groups aside.
-        One `Added` report per future: kept and dropped group ids, every group's rewards."""
-        return self.cluster.get([self.buffer.call("add", f, group_filter, step)
-                                 for f in scored_futures])
-
     def next_batch(self, num_groups: int, version: int,
                    pad_with_set_aside: bool = True) -> list[Sample] | None:
         return self.cluster.get(self.buffer.call("next_batch", num_groups, version,
@@ -102,10 +95,16 @@ class Pipeline:
                 worker.call("offer_weights", self.weights, control=True)
 
     def sync_weights(self, version: int) -> None:
-        """Publish the learner's current weights and load them on every rollout worker now."""
+        """Publish the learner's current weights and load them on every rollout worker now (a
+        worker whose process died loads them with its next generate call, which carries them)."""
         self.publish_weights(version)
         state = self.weights.state
-        self.cluster.get([w.call("load_weights", state, version) for w in self.rollouts])
+        for load in [w.call("load_weights", state, version) for w in self.rollouts]:
+            try:
+                self.cluster.get(load)
+            except Exception as err:
+                if not self.cluster.died(err):
+                    raise
 
     def vitals(self) -> dict[str, list[dict]]:
         """Each rollout and reward worker's `vitals()` (busy seconds, PID), by stage; a stage

@@ -5,6 +5,7 @@ is timed; what is left of the step's wall time is the scheduler's own overhead.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import zlib
@@ -25,6 +26,8 @@ from orchestrator.pipeline import Pipeline
 from rewards.self_rewards import LagrangeMultipliers, reward_std
 
 log = logging.getLogger("rewardmill")
+
+MAX_SENDS = 5   # a share whose worker dies this often is a share that kills its worker: stop
 
 
 class Scheduler:
@@ -50,6 +53,7 @@ class Scheduler:
         self.evals: dict[int, float] = {}   # step -> held-out accuracy
         self.vitals_before: dict[tuple, dict] = {}   # (stage, worker) -> its last vitals()
         self.restarts = 0                            # rollout and reward worker restarts seen
+        self.resent = 0                              # shares sent again after a worker died
         self.host_cpu = HostCpu()                    # this machine's CPU use, step to step
 
     # --- the loop ----------------------------------------------------------------------------
@@ -135,6 +139,7 @@ class Scheduler:
                 self.vitals_before[(stage, k)] = now
             out[f"busy/{stage}"] = busy / len(vitals) / wall_s
         out["faults/actor_restarts"] = float(self.restarts)
+        out["faults/resent_units"] = float(self.resent)
         out.update(self.host_cpu.since_last())
         return out
 
@@ -157,15 +162,16 @@ class Scheduler:
         samples, rounds, added = None, 0, []
         while samples is None:
             rounds += 1
+            tag, sampling = f"{step}.{rounds}/", self.sampling(step, rounds)
+            prompts = self.prompts.next(self.cfg.data.prompts_per_step)
             with timer("rollout"):
-                futures = self.pipe.generate(self.prompts.next(self.cfg.data.prompts_per_step),
-                                             self.sampling(step, rounds), tag=f"{step}.{rounds}/")
+                futures = self.pipe.generate(prompts, sampling, tag=tag)   # one per share
                 self.pipe.wait(futures)
             with timer("reward"):
                 futures = self.pipe.annotate(futures)
                 self.pipe.wait(futures)
             with timer("buffer"):
-                added += self.pipe.to_buffer(futures, self.group_filter, filter_step(step))
+                added += self.add_shares(step, tag, self.pipe.shares(prompts, sampling), futures)
                 last_round = (not self.group_filter.active
                               or rounds >= self.cfg.algorithm.max_sampling_rounds)
                 samples = self.pipe.next_batch(self.groups_per_step, version=step,
@@ -174,6 +180,53 @@ class Scheduler:
                 raise RuntimeError(f"step {step}: the buffer could not fill a batch of "
                                    f"{self.groups_per_step} groups")
         return samples, rounds, added
+
+    def add_shares(self, step: int, tag: str, shares: list, scored: list) -> list[Added]:
+        """Queue each share's scored groups; what the buffer did with each. A share whose
+        rollout or reward worker died on the way (a failed stage hands its failure on, and the
+        buffer adds nothing) runs again from its generate call once Ray has restarted the
+        worker: the same seed and weights, so the same samples, and each group lands once."""
+        pipe = self.pipe
+        adds = [pipe.buffer.call("add", f, self.group_filter, filter_step(step)) for f in scored]
+        added = []
+        for (k, prompts, sampling), add in zip(shares, adds):
+            for sends in itertools.count():
+                try:
+                    added.append(pipe.cluster.get(add))
+                    break
+                except Exception as err:
+                    if not pipe.cluster.died(err):
+                        raise
+                    self.before_resend(err, k, prompts, sends, "a rollout or reward worker")
+                add = pipe.buffer.call("add", pipe.score_share(k, pipe.generate_share(
+                    k, prompts, sampling, tag)), self.group_filter, filter_step(step))
+        return added
+
+    def before_resend(self, err: BaseException, share: int, prompts: list[Prompt], sends: int,
+                      where: str) -> None:
+        """A worker died under a share sent `sends` times again so far: stop if
+        the buffer is what died or the share keeps killing workers, else wait for Ray to bring
+        the share's workers back."""
+        pipe = self.pipe
+        try:
+            pipe.cluster.wait_alive(pipe.buffer)
+        except Exception as buffer_err:
+            if not pipe.cluster.died(buffer_err):
+                raise
+            raise RuntimeError(
+                f"step {self.step}: the replay buffer's actor died, and the groups waiting in "
+                "it with it. Start again with resume=true: the run continues from its last "
+                "checkpoint") from err
+        if sends >= MAX_SENDS:
+            raise RuntimeError(
+                f"step {self.step}: {where} died {sends + 1} times on the same {len(prompts)} "
+                f"prompts (first: {prompts[0].prompt_id!r}): a prompt that kills its worker "
+                "(out of memory?)") from err
+        self.resent += 1
+        log.warning("step %d: %s died (%s); sending share %d (%d prompts) to it again",
+                    self.step, where, type(err).__name__, share, len(prompts))
+        for workers in (pipe.rollouts, pipe.rewarders):
+            pipe.cluster.wait_alive(workers[share % len(workers)])
 
     def update_group_filter(self, step: int, added: list[Added], served: list[Sample]) -> dict:
         """Feed the filter every group sampled in this step (kept or dropped, all rounds)

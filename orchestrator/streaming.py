@@ -32,9 +32,6 @@ from orchestrator.staleness import StalenessManager
 
 log = logging.getLogger("rewardmill")
 
-MAX_SENDS = 5   # a unit whose worker dies this often is a unit that kills its worker: stop
-
-
 STAGES = ("rollout", "reward", "buffer")
 
 
@@ -69,7 +66,6 @@ class StreamingScheduler(Scheduler):
         self.set_aside = 0          # groups a filter set aside since the last batch
         self.reports: list[Added] = []   # what landed since the last batch
         self.failed_units: Counter = Counter()  # stage -> units whose worker died under them
-        self.resent = 0             # units sent again after a death
         self.stale_dropped = 0      # groups dropped as too stale (on_stale: drop)
 
     # --- the batch for one step ----------------------------------------------------------
@@ -179,24 +175,10 @@ class StreamingScheduler(Scheduler):
     def resend(self, unit: Unit, err: BaseException) -> None:
         """Send a unit's stage again after its worker died (Ray is restarting it)."""
         workers = self.workers(unit.stage)
-        where = f"{unit.stage} worker {unit.share % len(workers)}"
-        if unit.stage == "buffer":
-            raise RuntimeError(
-                f"step {self.step}: the replay buffer's actor died, and the groups waiting in "
-                "it with it. Start again with resume=true: the run continues from its last "
-                "checkpoint") from err
-        if unit.sends >= MAX_SENDS:
-            raise RuntimeError(
-                f"step {self.step}: the {where} died {unit.sends} times on the same "
-                f"{len(unit.prompts)} prompts (first: {unit.prompts[0].prompt_id!r}): a "
-                "prompt that kills its worker (out of memory?)") from err
+        where = f"the {unit.stage} worker {unit.share % len(workers)}"
+        self.before_resend(err, unit.share, unit.prompts, unit.sends, where)
         unit.sends += 1
         self.failed_units[unit.stage] += 1
-        self.resent += 1
-        log.warning("step %d: the %s died (%s); sending round %d share %d (%d prompts) to it "
-                    "again", self.step, where, type(err).__name__, unit.round, unit.share,
-                    len(unit.prompts))
-        self.pipe.cluster.wait_alive(workers[unit.share % len(workers)])
         self.send(unit)
 
     def workers(self, stage: str) -> list:
@@ -217,7 +199,6 @@ class StreamingScheduler(Scheduler):
             "queue/running_groups": float(self.admission.running),
             "queue/buffer_groups": float(self.waiting),
             "queue/units_in_flight": float(len(self.in_flight)),
-            "faults/resent_units": float(self.resent),
             "faults/stale_dropped_groups": float(self.stale_dropped),
             **{f"faults/failed_units/{stage}": float(n) for stage, n in self.failed_units.items()}})
         return metrics

@@ -115,24 +115,36 @@ class Killer(threading.Thread):
             self.stop.wait(0.1)
 
 
-def test_async_run_survives_sigkills_with_every_group_trained_once_within_the_bound(tmp_path):
-    steps, bound = 16, 2
+def _trained_under_kills(tmp_path, kills: int, steps: int, *overrides) -> tuple:
+    """Run 4 prompts a step on 2 rollout shares and 2 reward workers while `kills` SIGKILLs
+    hit them; (trained.jsonl's rows, every trained group id, the last metrics), after checking
+    that the run finished all its steps, trained no group twice and sent work again."""
     cfg = compose(tmp_path, "cluster=local", SIGNAL, f"steps={steps}", "checkpoint.every=0",
-                  "eval.every=0", "scheduler.mode=async", f"buffer.max_staleness={bound}",
-                  "rollout.chunks_per_worker=2", "reward.num_workers=2", "data.prompts_per_step=4")
+                  "eval.every=0", "rollout.chunks_per_worker=2", "reward.num_workers=2",
+                  "data.prompts_per_step=4", *overrides)
     run_dir = Path(cfg.run_dir)
-    killer = Killer(kills=5, started=run_dir / "metrics.jsonl")
+    killer = Killer(kills=kills, started=run_dir / "metrics.jsonl")
     killer.start()
     try:
         summary = run(cfg)
     finally:
         killer.stop.set()
-    assert len(killer.killed) == 5, "the run ended before five kills"
+    assert len(killer.killed) == kills, "the run ended before every kill"
     assert summary["steps"] == steps
     trained = _rows(run_dir, "trained.jsonl")
     assert [r["step"] for r in trained] == list(range(1, steps + 1))
     seen = [g for r in trained for g in r["groups"]]
     assert len(seen) == len(set(seen)) == steps * 4          # nothing trained twice
+    last = _rows(run_dir, "metrics.jsonl")[-1]
+    assert last["faults/resent_units"] >= 1                   # some kill hit work in flight
+    assert last["faults/actor_restarts"] >= 2                 # seen as workers with new PIDs
+    return trained, seen, last
+
+
+def test_async_run_survives_sigkills_with_every_group_trained_once_within_the_bound(tmp_path):
+    steps, bound = 16, 2
+    trained, seen, last = _trained_under_kills(tmp_path, 5, steps, "scheduler.mode=async",
+                                               f"buffer.max_staleness={bound}")
     # Rounds are admitted one step's worth at a time, at most `bound` versions ahead, and
     # each must be trained within the bound: so the run trained rounds 0..steps-1, all of them
     rounds = Counter(g.split("/")[0] for g in seen)
@@ -141,10 +153,16 @@ def test_async_run_survives_sigkills_with_every_group_trained_once_within_the_bo
         lags = [r["learner_version"] - v for v in r["groups"].values()]
         assert all(0 <= lag <= bound for lag in lags)        # every sample within the bound
     assert max(r["learner_version"] - v for r in trained for v in r["groups"].values()) >= 1
-    last = _rows(run_dir, "metrics.jsonl")[-1]
-    assert last["faults/resent_units"] >= 1                   # some kill hit work in flight
-    assert last["faults/actor_restarts"] >= 2                 # seen as workers with new PIDs
     assert last["busy/rollout"] > 0 and 0 < last["busy/learner"] < 1
+
+
+def test_lock_step_run_survives_sigkills_with_every_group_trained_once(tmp_path):
+    """scheduler.mode=sync: a share whose rollout or reward worker is killed runs again (the
+    same seed and weights), and every group is trained exactly once, in its own step."""
+    steps = 10
+    trained, seen, _ = _trained_under_kills(tmp_path, 4, steps, "scheduler.mode=sync")
+    assert Counter(g.split("/")[0] for g in seen) == {f"{k}.1": 4 for k in range(steps)}
+    assert all(v == r["learner_version"] for r in trained for v in r["groups"].values())
 
 
 def test_partial_rollouts_switch_to_weights_published_mid_generation(tmp_path):

@@ -26,7 +26,7 @@ FLAT = [0.3, 0.3, 0.3, 0.3]          # 0: dropped
 
 
 class ScriptedPipeline(Pipeline):
-    """The real buffer path (to_buffer, next_batch on a ReplayBuffer), with rollout and
+    """The real buffer path (add, next_batch on a ReplayBuffer), with rollout and
     reward replaced by hand-built scored groups, one list of groups per sampling round."""
 
     def __init__(self, rounds: list[list[list[float]]]):
@@ -41,6 +41,9 @@ class ScriptedPipeline(Pipeline):
 
     def annotate(self, futures):
         return futures
+
+    def shares(self, prompts, sampling):
+        return [(0, prompts, sampling)]
 
 
 class FakePrompts:
