@@ -19,7 +19,8 @@
     idle capacity overlap had left to use.
 (c) with --trl-python PY (a scratch venv with TRL, see scripts/bench_trl.py): TRL's
     GRPOTrainer on the same model, prompts and batch, and our best samples/s over its
-    (always uncompiled; with model.dtype=bfloat16 in both precisions, the faster counts).
+    (always uncompiled; with model.dtype=bfloat16 in both precisions, the faster counts),
+    TRL run once before (b)'s two runs and once after, pooled.
 
 Every run is the main job (scripts/bench_pipeline.py: warm start from the cache, the first
 step left out). Extra key=value overrides apply to every run. The last line is one JSON
@@ -99,12 +100,14 @@ def pooled(runs: list[dict]) -> dict:
     steps = sum(r["steps_measured"] for r in runs)
     seconds = sum(r["step_time_s"] * r["steps_measured"] for r in runs)
     samples = sum(r["samples_per_s"] * r["step_time_s"] * r["steps_measured"] for r in runs)
-    return {"samples_per_s": samples / seconds, "step_time_s": seconds / steps,
-            "median_step_time_s": statistics.median(r["median_step_time_s"] for r in runs),
-            "steps_measured": steps,
-            **{k: sum(r[k] * r["step_time_s"] * r["steps_measured"] for r in runs) / seconds
-               for k in ("busy_cores", "steal_cores")},
-            "each_samples_per_s": [round(r["samples_per_s"], 1) for r in runs]}
+    out = {"samples_per_s": samples / seconds, "step_time_s": seconds / steps,
+           "steps_measured": steps, "each_samples_per_s": [round(r["samples_per_s"], 1) for r in runs]}
+    if all("median_step_time_s" in r for r in runs):
+        out["median_step_time_s"] = statistics.median(r["median_step_time_s"] for r in runs)
+    for k in ("busy_cores", "steal_cores"):
+        if all(k in r for r in runs):
+            out[k] = sum(r[k] * r["step_time_s"] * r["steps_measured"] for r in runs) / seconds
+    return out
 
 
 def measure_trl(python: str, steps: int, overrides: list[str]) -> dict:
@@ -131,8 +134,21 @@ def main() -> dict:
     # Ray's niceness 15, works in what the learner leaves
     asynchronous = ["scheduler.mode=async", "rollout.threads=1", f"learner.threads={os.cpu_count()}",
                     "learner.nice=0", "buffer.max_staleness=1"]
+    # TRL uncompiled: its Trainer compiles the whole model, which recompiles for each new padded
+    # shape (one 66 s recompile at its second step) and ran no faster after. Its runs come
+    # before and after ours (T S A T) and are pooled, as the labeler pair below
+    trl = {}
+    if args.trl_python:
+        trl["trl"] = [*overrides, "learner.compile=false"]
+        if any(o == "model.dtype=bfloat16" for o in overrides):   # and TRL's other precision
+            trl["trl_fp32"] = [*trl["trl"], "model.dtype=float32"]
+    trl_parts: dict[str, list] = {name: [] for name in trl}
+    for name in trl:
+        trl_parts[name].append(measure_trl(args.trl_python, args.steps, trl[name]))
     runs = {"sync": measure("sync", args.steps, ["scheduler.mode=sync", *overrides]),
             "async": measure("async", args.steps, [*asynchronous, *overrides])}
+    for name in reversed(trl):
+        trl_parts[name].append(measure_trl(args.trl_python, args.steps, trl[name]))
     judge, url = start_judge(str(judge_model()), args.judge_latency_s)
     try:
         judged = [f"judge.url={url}", *overrides]
@@ -151,14 +167,7 @@ def main() -> dict:
         runs["sync_judge"] = measure("sync_judge", args.sync_judge_steps, [SOFT_JUDGE, *judged])
     finally:
         judge.terminate()
-    if args.trl_python:
-        # TRL uncompiled: its Trainer compiles the whole model, which recompiles for each new
-        # padded shape (one 66 s recompile at its second step) and ran no faster after
-        trl = [*overrides, "learner.compile=false"]
-        runs["trl"] = measure_trl(args.trl_python, args.steps, trl)
-        if any(o == "model.dtype=bfloat16" for o in overrides):   # and TRL's other precision
-            runs["trl_fp32"] = measure_trl(args.trl_python, args.steps,
-                                           [*trl, "model.dtype=float32"])
+    runs.update({name: pooled(found) for name, found in trl_parts.items()})
     base = runs["no_judge"]["samples_per_s"]
     figures = {
         "slow_judge_ratio_labeler": runs["labeler"]["samples_per_s"] / base,

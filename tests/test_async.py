@@ -159,8 +159,8 @@ def test_async_run_survives_sigkills_with_every_group_trained_once_within_the_bo
 def test_lock_step_run_survives_sigkills_with_every_group_trained_once(tmp_path):
     """scheduler.mode=sync: a share whose rollout or reward worker is killed runs again (the
     same seed and weights), and every group is trained exactly once, in its own step."""
-    steps = 10
-    trained, seen, _ = _trained_under_kills(tmp_path, 4, steps, "scheduler.mode=sync")
+    steps = 8
+    trained, seen, _ = _trained_under_kills(tmp_path, 3, steps, "scheduler.mode=sync")
     assert Counter(g.split("/")[0] for g in seen) == {f"{k}.1": 4 for k in range(steps)}
     assert all(v == r["learner_version"] for r in trained for v in r["groups"].values())
 
