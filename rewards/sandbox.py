@@ -10,8 +10,9 @@
 Tests are assert strings or {"input", "output"} stdin/stdout pairs; either way the verdict is
 reached in this process, never in the program's (rewards/code_checks.py).
 
-Every program runs in a fresh process and interpreter, started by a launcher that a fork
-server (rewards/sandbox_init.py, one per pool) forks for it, with:
+Every program runs in a fresh process, a forked copy of an interpreter that holds no other
+program's data (a fork server per pool, rewards/sandbox_init.py, forks a launcher per program,
+which forks the program), with:
   - new pid, mount, network, IPC and UTS namespaces: it sees only its own processes (and not
     the host's environment through /proc), has no network, and when it ends or times out
     everything it started dies with it (the pid namespace's init exits);
@@ -22,7 +23,8 @@ server (rewards/sandbox_init.py, one per pool) forks for it, with:
   - as root: its own user id per pool slot (claimed host-wide with a lock file);
     not as root: an unprivileged user namespace, in which it has no capabilities;
   - CPU time, address space, file size, open files and process count limits (setrlimit),
-    no-new-privileges, and a wall-clock limit;
+    no capabilities (every set emptied, the bounding set too), no-new-privileges, and a
+    wall-clock limit;
   - an environment holding only PATH, HOME, LANG, and stdout/stderr kept up to
     `Limits.output_bytes`.
 Where neither root nor user namespaces are available (seccomp or a sysctl forbids them), the

@@ -23,7 +23,9 @@
     TRL run once before (b)'s two runs and once after, pooled.
 
 Every run is the main job (scripts/bench_pipeline.py: warm start from the cache, the first
-step left out). Extra key=value overrides apply to every run. The last line is one JSON
+step left out). A run from which a hypervisor took more than --max-steal cores (default 0.15;
+other guests' load, which says nothing about ours) is measured again, at most --tries times
+(default 3), and the least-stolen one kept. Extra key=value overrides apply to every run. The last line is one JSON
 object: slow_judge_ratio_labeler, slow_judge_ratio_sync, async_over_sync, over_trl (with --trl-python) and each run's figures (with the cores
 busy and stolen: a hypervisor's steal makes runs incomparable).
 """
@@ -45,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import bench_pipeline  # noqa: E402
+from orchestrator.metrics import HostCpu  # noqa: E402
 
 SOFT_JUDGE = ("reward.sources=[{name:correct,fn:toy_exact},"
               "{name:soft,fn:soft_verifier,weight:0.0,timeout_s:600,"
@@ -95,28 +98,46 @@ def measure(name: str, steps: int, overrides: list[str]) -> dict:
                                     "steps_measured", "busy_cores", "steal_cores")}
 
 
+def measure_trl(python: str, steps: int, overrides: list[str]) -> dict:
+    print(f"\n=== trl: scripts/bench_trl.py {' '.join(overrides)}", flush=True)
+    host = HostCpu()
+    out = subprocess.run([python, str(REPO / "scripts" / "bench_trl.py"), "--steps", str(steps),
+                          "--project-python", sys.executable, *overrides],
+                         capture_output=True, text=True, check=True)
+    trl = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**{k: trl[k] for k in ("samples_per_s", "step_time_s", "steps_measured")},
+            "steal_cores": host.since_last().get("host/cpu_steal_cores", 0.0)}
+
+
+def least_stolen(run, max_steal: float, tries: int) -> dict:
+    """`run()` again while a hypervisor took more than `max_steal` cores from it (other guests
+    on the host: those timings say nothing about ours), at most `tries` times in all; the run
+    with the least steal. The retries are in the figures: `tries_stolen`."""
+    results = []
+    while True:
+        results.append(run())
+        if results[-1]["steal_cores"] <= max_steal or len(results) >= tries:
+            break
+        print(f"--- {results[-1]['steal_cores']:.2f} cores stolen (over {max_steal}): "
+              "measured again", flush=True)
+    best = min(results, key=lambda r: r["steal_cores"])
+    return {**best, "tries_stolen": [round(r["steal_cores"], 2) for r in results]}
+
+
 def pooled(runs: list[dict]) -> dict:
     """Several runs of one config as one: samples/s over all their measured steps."""
     steps = sum(r["steps_measured"] for r in runs)
     seconds = sum(r["step_time_s"] * r["steps_measured"] for r in runs)
     samples = sum(r["samples_per_s"] * r["step_time_s"] * r["steps_measured"] for r in runs)
     out = {"samples_per_s": samples / seconds, "step_time_s": seconds / steps,
-           "steps_measured": steps, "each_samples_per_s": [round(r["samples_per_s"], 1) for r in runs]}
+           "steps_measured": steps, "each_samples_per_s": [round(r["samples_per_s"], 1) for r in runs],
+           "tries_stolen": [r.get("tries_stolen") for r in runs]}
     if all("median_step_time_s" in r for r in runs):
         out["median_step_time_s"] = statistics.median(r["median_step_time_s"] for r in runs)
     for k in ("busy_cores", "steal_cores"):
         if all(k in r for r in runs):
             out[k] = sum(r[k] * r["step_time_s"] * r["steps_measured"] for r in runs) / seconds
     return out
-
-
-def measure_trl(python: str, steps: int, overrides: list[str]) -> dict:
-    print(f"\n=== trl: scripts/bench_trl.py {' '.join(overrides)}", flush=True)
-    out = subprocess.run([python, str(REPO / "scripts" / "bench_trl.py"), "--steps", str(steps),
-                          "--project-python", sys.executable, *overrides],
-                         capture_output=True, text=True, check=True)
-    trl = json.loads(out.stdout.strip().splitlines()[-1])
-    return {k: trl[k] for k in ("samples_per_s", "step_time_s", "steps_measured")}
 
 
 def main() -> dict:
@@ -128,7 +149,14 @@ def main() -> dict:
     parser.add_argument("--judge-latency-s", type=float, default=0.5)
     parser.add_argument("--trl-python", help="python of a scratch venv with TRL: also run "
                         "scripts/bench_trl.py and compare")
+    parser.add_argument("--max-steal", type=float, default=0.15, help="cores a hypervisor may "
+                        "take from a run before it is measured again")
+    parser.add_argument("--tries", type=int, default=3, help="runs of one measurement at most")
     args, overrides = parser.parse_known_args()
+    ours = lambda name, steps, config: least_stolen(   # noqa: E731
+        lambda: measure(name, steps, config), args.max_steal, args.tries)
+    theirs = lambda config: least_stolen(   # noqa: E731
+        lambda: measure_trl(args.trl_python, args.steps, config), args.max_steal, args.tries)
 
     # the learner takes every core when it computes; the rollout worker, one torch thread at
     # Ray's niceness 15, works in what the learner leaves
@@ -144,11 +172,11 @@ def main() -> dict:
             trl["trl_fp32"] = [*trl["trl"], "model.dtype=float32"]
     trl_parts: dict[str, list] = {name: [] for name in trl}
     for name in trl:
-        trl_parts[name].append(measure_trl(args.trl_python, args.steps, trl[name]))
-    runs = {"sync": measure("sync", args.steps, ["scheduler.mode=sync", *overrides]),
-            "async": measure("async", args.steps, [*asynchronous, *overrides])}
+        trl_parts[name].append(theirs(trl[name]))
+    runs = {"sync": ours("sync", args.steps, ["scheduler.mode=sync", *overrides]),
+            "async": ours("async", args.steps, [*asynchronous, *overrides])}
     for name in reversed(trl):
-        trl_parts[name].append(measure_trl(args.trl_python, args.steps, trl[name]))
+        trl_parts[name].append(theirs(trl[name]))
     judge, url = start_judge(str(judge_model()), args.judge_latency_s)
     try:
         judged = [f"judge.url={url}", *overrides]
@@ -161,7 +189,7 @@ def main() -> dict:
                             *judged]}
         parts: dict[str, list] = {"no_judge": [], "labeler": []}
         for name in ("no_judge", "labeler", "labeler", "no_judge"):
-            parts[name].append(measure(f"{name}{len(parts[name]) + 1}", args.steps, pair[name]))
+            parts[name].append(ours(f"{name}{len(parts[name]) + 1}", args.steps, pair[name]))
         runs.update({name: pooled(found) for name, found in parts.items()})
         # today's synchronous judge path: lock-step, each reward call waits for its verdicts
         runs["sync_judge"] = measure("sync_judge", args.sync_judge_steps, [SOFT_JUDGE, *judged])
