@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Optional
 
 from omegaconf import MISSING
 
+from actors.restart_state import restore_after_restart
 from core.records import Sample, groups_of
 from core.registry import lookup, register
 from core.schema import checked, problems
@@ -97,7 +98,8 @@ class RewardWorker:
     the policy-side sources: those get the context as keyword arguments and nothing is combined."""
 
     def __init__(self, sources: list[dict], threads_per_source: int = 4,
-                 combine: str = "weighted_sum", context: dict | None = None):
+                 combine: str = "weighted_sum", context: dict | None = None,
+                 state_file: str | None = None):
         if not sources:
             raise ValueError("reward.sources is empty: list at least one reward source")
         self.sources = [RewardSource(**s) for s in sources]
@@ -123,6 +125,7 @@ class RewardWorker:
         self.threads = threads_per_source
         self.pools = {s.name: self._new_pool() for s in self.mine}
         self.busy_s = 0.0
+        restore_after_restart(self, state_file)   # state_file: actors/restart_state.py
 
     def state_dict(self) -> dict:
         """The state of stateful sources (checkpointed with the run)."""

@@ -18,6 +18,8 @@ from typing import Protocol
 import torch
 
 from actors.decode import sample
+from actors.restart_state import restore_after_restart
+from core.cpu import keep_freed_memory
 from core.models import load_policy, load_tokenizer
 from core.records import Prompt, SamplingParams, Sample, Weights
 from core.steps import split_steps
@@ -61,6 +63,8 @@ class HFEngine:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cpu":
+            keep_freed_memory()   # each batch's activations and KV cache reuse the last one's pages
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_policy(model_path, getattr(torch, dtype)).to(self.device).eval()
         self.max_batch_prompts = max_batch_prompts
@@ -172,7 +176,7 @@ class RolloutWorker:
     its initial weights) catches up by itself before sampling."""
 
     def __init__(self, engine: str, model_path: str, reward_sources: list[dict] | None = None,
-                 **engine_options):
+                 state_file: str | None = None, **engine_options):
         if engine not in ENGINES:
             raise ValueError(f"rollout.engine={engine!r} is unknown; choose one of {sorted(ENGINES)}")
         self.engine = ENGINES[engine](model_path, **engine_options)
@@ -183,6 +187,7 @@ class RolloutWorker:
             from actors.reward import RewardWorker
             self.policy_rewards = RewardWorker(reward_sources, threads_per_source=1,
                                                context={"policy": self.engine})
+        restore_after_restart(self, state_file)   # state_file: actors/restart_state.py
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams,
                  group_tag: str = "", weights: Weights | None = None) -> list[Sample]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from core.cpu import set_niceness
+from core.cpu import keep_freed_memory, set_niceness
 from core.models import (copy_tokenizer, decoder_blocks, load_policy, load_reward_model,
                          load_tokenizer)
 from core.net import node_address
@@ -88,6 +88,8 @@ class LearnerWorker:
             set_niceness(self.s.nice)
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        if not cuda:
+            keep_freed_memory()   # a step's activations reuse the last step's pages
         # one rank holds whole weights: FSDP2 would only copy them (learners/precision.py)
         self.sharded = self.s.strategy == "fsdp2" and world_size > 1
 

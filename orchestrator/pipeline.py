@@ -5,10 +5,12 @@ so under Ray it goes from actor to actor without a detour through the driver.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from actors.buffer import ReplayBuffer
+from actors.restart_state import save_worker_state
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
 from core.records import Prompt, Sample, SamplingParams, Weights
@@ -34,18 +36,25 @@ class Pipeline:
         self.cluster, self.learner = cluster, learner
         r = cfg.rollout
         sources = OmegaConf.to_container(cfg.reward.sources, resolve=True)
+        # where each worker's stateful reward sources are saved for a restart (actors/restart_state.py)
+        state_dir = Path(cfg.run_dir) / "worker_state"
+        self.state_files = {
+            "rollouts": [str(state_dir / f"rollout-{k}.pt") for k in range(r.num_workers)],
+            "rewarders": [str(state_dir / f"reward-{k}.pt") for k in range(cfg.reward.num_workers)]}
         self.rollouts = [
             cluster.spawn(RolloutWorker, r.engine, policy_path, reward_sources=sources,
+                          state_file=state_file,
                           num_cpus=r.num_cpus, restarts=cfg.cluster.actor_restarts,
                           num_gpus=r.num_gpus, max_batch_prompts=r.max_batch_prompts,
                           threads=r.threads, dtype=cfg.model.dtype,
                           step_delimiter=r.step_delimiter,
                           add_special_tokens=add_special_tokens)
-            for _ in range(r.num_workers)]
+            for state_file in self.state_files["rollouts"]]
         self.labelers = Labelers(cfg, cluster)   # before the reward workers that look them up
         self.rewarders = [cluster.spawn(RewardWorker, sources, cfg.reward.threads_per_source,
-                                        cfg.reward.combine, restarts=cfg.cluster.actor_restarts)
-                          for _ in range(cfg.reward.num_workers)]
+                                        cfg.reward.combine, state_file=state_file,
+                                        restarts=cfg.cluster.actor_restarts)
+                          for state_file in self.state_files["rewarders"]]
         self.chunks_per_worker = r.chunks_per_worker
         self.partial = r.partial
         self.weights: Weights | None = None   # the newest published weights (None: the initial ones)
@@ -118,18 +127,26 @@ class Pipeline:
                     raise
         return out
 
-    def components_state(self) -> dict:
-        """State of stateful reward sources on every reward and rollout worker."""
-        get = lambda workers: self.cluster.get([w.call("state_dict") for w in workers])
-        return {"rewarders": get(self.rewarders), "rollouts": get(self.rollouts),
-                "labelers": self.labelers.state_dict()}
+    def components_state(self, step: int) -> dict:
+        """State of stateful reward sources on every reward and rollout worker (checkpoint
+        `step`'s); each worker's is also saved where it reloads it after a restart."""
+        out = {"labelers": self.labelers.state_dict()}
+        for key, workers in (("rewarders", self.rewarders), ("rollouts", self.rollouts)):
+            out[key] = self.cluster.get([w.call("state_dict") for w in workers])
+            for path, state in zip(self.state_files[key], out[key]):
+                if state:
+                    save_worker_state(path, step, state)
+        return out
 
-    def load_components_state(self, state: dict) -> None:
+    def load_components_state(self, state: dict, step: int) -> None:
         self.labelers.load_state_dict(state.get("labelers", {}))
         for key, workers in (("rewarders", self.rewarders), ("rollouts", self.rollouts)):
             parts = state.get(key, [])
             self.cluster.get([w.call("load_state_dict", part)
                               for w, part in zip(workers, parts)])
+            for path, part in zip(self.state_files[key], parts):
+                if part:
+                    save_worker_state(path, step, part)
 
     def wait(self, futures: list) -> None:
         """Block until the futures are done, without fetching their data to the driver."""

@@ -309,7 +309,7 @@ class Scheduler:
         state = {"step": self.step, "prompts": self.prompts.state_dict(),
                  "evals": {str(k): v for k, v in self.evals.items()}}
         buffer_state = self.pipe.cluster.get(self.pipe.buffer.call("state_dict"))
-        components = self.pipe.components_state()
+        components = self.pipe.components_state(self.step)
         if self.lagrange:
             components["lagrange"] = self.lagrange.state_dict()
         if self.group_filter.active:
@@ -326,7 +326,7 @@ class Scheduler:
 
     def restore(self, folder) -> None:
         state, buffer_state, components = Checkpoints.read(folder)
-        self.pipe.load_components_state(components)
+        self.pipe.load_components_state(components, state["step"])
         if self.lagrange:
             self.lagrange.load_state_dict(components["lagrange"])
         self.restore_group_filter(components.get("group_filter"), folder)

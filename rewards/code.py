@@ -45,7 +45,7 @@ def program_of(sample: Sample, prefix: str = "none") -> str:
 @register("reward", "code_tests")
 def code_tests(sample: Sample, wall_s: float = 10.0, cpu_s: int = 5, memory_mb: int = 512,
                partial: bool = True, allow_unisolated: bool = False,
-               prefix: str = "none") -> float:
+               prefix: str = "none", share_repeats: bool = True) -> float:
     """Run the response's code against the tests in `sample.answer`: a list of assert
     strings ("assert f(9) == 92") or of stdin/stdout pairs ({"input": ..., "output": ...}),
     judged outside the program (rewards/code_checks.py). Reward: the fraction passed, or
@@ -55,7 +55,9 @@ def code_tests(sample: Sample, wall_s: float = 10.0, cpu_s: int = 5, memory_mb: 
     limits only, so the program can read and write what your user can. prefix=prompt runs
     the problem's prompt code (sample.metadata["code_prefix"]) before the response, for tasks
     whose responses complete a given function, as HumanEval's do (see `program_of`); a
-    sample without code_prefix is then refused, flagged. prefix=none runs the response alone."""
+    sample without code_prefix is then refused, flagged. prefix=none runs the response alone.
+    share_repeats=true: a program identical to one being judged or judged lately (with the same
+    tests) takes that verdict instead of running again (rewards/sandbox.py SharedRuns)."""
     if not isinstance(sample.answer, list) or not sample.answer:
         # a bare answer such as "632" is no test at all: refuse, flagged
         raise ValueError("code_tests needs sample.answer to be a list of tests: assert strings "
@@ -63,7 +65,7 @@ def code_tests(sample: Sample, wall_s: float = 10.0, cpu_s: int = 5, memory_mb: 
                          "field holds such a list)")
     program = program_of(sample, prefix)
     limits = sandbox.Limits(wall_s=wall_s, cpu_s=cpu_s, memory_mb=memory_mb)
-    result = sandbox.run(program, sample.answer, limits, allow_unisolated)
+    result = sandbox.run(program, sample.answer, limits, allow_unisolated, share_repeats)
     sample.metadata["sandbox_status"] = result.status
     sample.metadata["sandbox_failure"] = next((why for why in result.reasons if why), "")
     return result.fraction if partial else float(all(result.passed))

@@ -33,3 +33,20 @@ def product(sample, sources):
     for src in sources:
         out *= sample.rewards[src.name]
     return out
+
+
+class SeenBefore:
+    """A stateful source: each sample's reward is how many samples it scored before it."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, sample):
+        self.seen += 1
+        return float(self.seen - 1)
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen = state["seen"]

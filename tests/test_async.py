@@ -178,3 +178,31 @@ def test_partial_rollouts_switch_to_weights_published_mid_generation(tmp_path):
     assert len(rows) == steps
     assert max(r["rollout/partial_fraction"] for r in rows) > 0    # some responses switched
     assert all(r["rollout/staleness_max"] <= bound for r in rows)
+
+
+def test_a_restarted_reward_worker_resumes_its_sources_from_the_last_checkpoint(tmp_path):
+    """A stateful source's state survives a SIGKILL: Ray's new process loads the state the
+    pipeline saved at the last checkpoint, not the source's initial state."""
+    from actors.restart_state import save_worker_state
+    from actors.reward import RewardWorker
+    from core.records import Sample
+    from orchestrator.cluster import Cluster
+
+    def scored(n):
+        samples = [Sample(prompt_id="p", group_id="g", prompt_ids=[1], response_ids=[2],
+                          behaviour_logprobs=[0.0], policy_version=0) for _ in range(n)]
+        return [s.rewards["seen"] for s in cluster.get(worker.call("score", samples))]
+
+    state_file = tmp_path / "worker_state" / "reward-0.pt"
+    cluster = Cluster("local", num_cpus=2)
+    try:
+        worker = cluster.spawn(RewardWorker, [{"name": "seen", "fn": "tests.reward_fns.SeenBefore"}],
+                               state_file=str(state_file), restarts=1)
+        assert scored(3) == [0.0, 1.0, 2.0]
+        save_worker_state(state_file, 7, cluster.get(worker.call("state_dict")))   # checkpoint
+        assert scored(2) == [3.0, 4.0]
+        os.kill(cluster.get(worker.call("vitals", control=True))["pid"], signal.SIGKILL)
+        cluster.wait_alive(worker)
+        assert scored(1) == [3.0]   # the checkpoint's count, not 0 (fresh) nor 5 (lost work)
+    finally:
+        cluster.shutdown()

@@ -78,3 +78,22 @@ def test_stdin_stdout_tests_and_unjudgeable_tests_through_the_worker():
     assert add.rewards["tests"] == 1.0 and not add.flagged
     assert unjudgeable.flagged and unjudgeable.rewards["tests"] == 0.0   # counted, not a crash
     assert "only assert statements" in unjudgeable.flags["tests"]
+
+
+def test_repeated_programs_in_a_batch_run_once_and_share_their_verdict():
+    from rewards.sandbox import default_pool
+    worker = RewardWorker([{"name": "tests", "fn": "code_tests", "timeout_s": 30,
+                            "kwargs": {"wall_s": 3, "cpu_s": 2}}], threads_per_source=8)
+    right = "def add(a, b):\n    return a + b  # shared\n"
+    wrong = "def add(a, b):\n    return 2 * b  # shared\n"
+    repeats = default_pool().repeats
+    runs, shared = repeats.runs, repeats.shared
+    samples = worker.score([_sample(right), _sample(wrong), _sample(right), _sample(right),
+                            _sample(wrong), _sample(right), _sample(right), _sample(wrong)])
+    assert [round(s.rewards["tests"], 3) for s in samples] == [1.0, 0.333, 1.0, 1.0, 0.333, 1.0, 1.0, 0.333]
+    assert (repeats.runs - runs, repeats.shared - shared) == (2, 6)
+    unshared = RewardWorker([{"name": "tests", "fn": "code_tests", "timeout_s": 30,
+                              "kwargs": {"wall_s": 3, "cpu_s": 2, "share_repeats": False}}])
+    runs = repeats.runs + repeats.shared
+    assert unshared.score([_sample(right)])[0].rewards["tests"] == 1.0
+    assert repeats.runs + repeats.shared == runs   # share_repeats=false bypasses the table
