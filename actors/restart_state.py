@@ -3,9 +3,9 @@
 Ray brings a killed actor back by running its constructor again, which would start a
 co-trained reward model, a running statistic or a baseline cache from scratch in the middle of
 a run. So at every checkpoint the pipeline also writes each worker's state to a file of its own
-(`save_worker_state`), and a worker whose process Ray restarted loads that file before it
-serves any call (`restore_after_restart`): the state of the last checkpoint, as `resume=true`
-would give it. With several nodes the run directory must be shared, as checkpoints need.
+(`save_worker_state`), and a worker loads that file, where there is one, before it serves
+any call (`restore_after_restart`): after a restart, the state of the last checkpoint, as
+`resume=true` would give it. With several nodes the run directory must be shared, as checkpoints need.
 """
 from __future__ import annotations
 
@@ -26,29 +26,15 @@ def save_worker_state(path: str | Path, step: int, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def restarted_by_ray() -> bool:
-    """Whether this process is a Ray actor brought back after its previous process died."""
-    try:
-        import ray
-        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
-    except (ImportError, RuntimeError):   # not under Ray, or not in an actor
-        return False
-
-
 def restore_after_restart(worker, path: str | Path | None) -> None:
-    """If Ray restarted `worker`'s process, load the state saved at the last checkpoint into
-    it (`worker.load_state_dict`); say so, or that there was none to load."""
-    if not path or not restarted_by_ray():
-        return
-    path = Path(path)
-    name = f"worker {path.stem}"
-    if not path.exists():
-        log.warning("%s restarted after its process died; no checkpoint holds its state yet, so "
-                    "its stateful reward sources (if any) start again from their initial state",
-                    name)
+    """Load the state saved at the last checkpoint into `worker` (`load_state_dict`) if there
+    is one. A fresh run has none (an earlier run's folder is moved aside), so this is a worker
+    Ray restarted, or one of a resumed run, which loads the same checkpoint right after."""
+    if not path or not Path(path).exists():
         return
     import torch
     saved = torch.load(path, weights_only=False)
     worker.load_state_dict(saved["state"])
-    log.warning("%s restarted after its process died; its reward sources' state is that of the "
-                "checkpoint of step %d (their updates since then are lost)", name, saved["step"])
+    log.warning("worker %s: its reward sources' state is that of the checkpoint of step %d "
+                "(after a restart, their updates since then are lost)", Path(path).stem,
+                saved["step"])
