@@ -1,9 +1,11 @@
 """Replay buffer: where annotated groups wait for the learner.
 
 `ReplayBuffer` owns the bookkeeping every strategy shares (staleness filter, counters, state
-for checkpoints); a strategy decides what is kept and what the next batch is. FIFO (on-policy)
-is the one here; RoRecomp, SCOPE, pairing and curricula are further strategies behind the
-same `add / next_batch / state_dict` methods.
+for checkpoints); a strategy decides what is kept and what the next batch is (FIFO, on-policy,
+is the one here). Once the scheduler has computed a served batch's advantages, the buffer may
+recompose it into several optimizer steps (RoRecomp, actors/rorecomp.py); prompt selection
+(pairing, curricula) happens before rollout, in orchestrator/prompt_selection.py, and SCOPE's
+repairs between reward and buffer, in actors/repair.py.
 
 A `GroupFilter` decides which groups are worth training on (DAPO dynamic sampling, RLPR's
 std filter); the buffer sets the others aside and pads a batch with them only when the
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from core.records import Sample, groups_of
 from core.registry import lookup, register
+from actors.rorecomp import RoRecomp
 from rewards.self_rewards import StdFilter, reward_std
 
 
@@ -99,6 +102,8 @@ class Added:
     kept: list[str] = field(default_factory=list)      # group ids queued for training
     dropped: list[str] = field(default_factory=list)   # group ids the filter set aside
     group_rewards: list[list[float]] = field(default_factory=list)  # the measured rewards, every group
+    outcomes: list[tuple[str, list[float]]] = field(default_factory=list)  # every group's prompt id
+                                                       # and combined rewards (prompt selection)
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -125,6 +130,10 @@ class FifoStrategy:
         self.queue = deque(g for g in self.queue if not predicate(g))
         return removed
 
+    def groups(self) -> list[list[Sample]]:
+        """The waiting groups (for statistics)."""
+        return list(self.queue)
+
     def take(self, num_groups: int) -> list[list[Sample]] | None:
         if len(self.queue) < num_groups:
             return None
@@ -142,15 +151,20 @@ class FifoStrategy:
 
 
 class ReplayBuffer:
-    def __init__(self, strategy: str = "fifo", max_staleness: int = 0, **strategy_options):
+    def __init__(self, strategy: str = "fifo", max_staleness: int = 0,
+                 rorecomp: dict | None = None, **strategy_options):
         """max_staleness: how many learner versions older than the current one a sample may
-        be when it is trained on (0 = strictly on-policy)."""
+        be when it is trained on (0 = strictly on-policy). rorecomp: RoRecomp's options
+        (actors/rorecomp.py), or None to train every served batch as it is."""
         self.strategy = lookup("buffer", strategy)(**strategy_options)
         self.max_staleness = max_staleness
+        self.recomposer = RoRecomp(**rorecomp) if rorecomp else None
         # groups a filter dropped this step, as (reward std, group): padding if rounds run out
         self.set_aside: list[tuple[float, list[Sample]]] = []
         self.counters = {"added_groups": 0, "served_groups": 0, "dropped_stale_groups": 0,
-                         "filtered_groups": 0, "padded_groups": 0}
+                         "filtered_groups": 0, "padded_groups": 0,
+                         # set aside by a filter and not needed to pad the batch they were for
+                         "discarded_filtered_groups": 0}
 
     def add(self, samples: list[Sample], group_filter: GroupFilter | None = None,
             step: int = 0) -> Added:
@@ -158,7 +172,9 @@ class ReplayBuffer:
         groups = groups_of(samples)
         self.counters["added_groups"] += len(groups)
         group_filter = group_filter or GroupFilter("none")
-        added = Added(group_rewards=[group_filter.rewards_of(g) for g in groups])
+        added = Added(group_rewards=[group_filter.rewards_of(g) for g in groups],
+                      outcomes=[(g[0].prompt_id, [s.reward for s in g if s.reward is not None])
+                                for g in groups])
         kept = []
         for group, rewards, keep in zip(groups, added.group_rewards,
                                         group_filter.keep(groups, step)):
@@ -186,9 +202,19 @@ class ReplayBuffer:
             self.strategy.add([group for _, group in widest[:shortfall]])
             self.counters["padded_groups"] += shortfall
         groups = self.strategy.take(num_groups)
+        self.counters["discarded_filtered_groups"] += len(self.set_aside) - max(shortfall, 0)
         self.set_aside = []
         self.counters["served_groups"] += len(groups)
         return [s for g in groups for s in g]
+
+    def recompose(self, samples: list[Sample], current_version: int
+                  ) -> tuple[list[Sample], list[list[Sample]]]:
+        """The batches to train a served batch as, once its advantages are on the samples
+        (Sample.advantages): (priority batch, compensation batches) under RoRecomp, else
+        (the batch as it is, none)."""
+        if self.recomposer is None:
+            return samples, []
+        return self.recomposer.recompose(samples, current_version)
 
     def take_stale(self, current_version: int) -> list[list[Sample]]:
         """Remove (and count) the waiting groups too old to be trained at `current_version`."""
@@ -197,16 +223,36 @@ class ReplayBuffer:
         self.counters["dropped_stale_groups"] += len(stale)
         return stale
 
-    def stats(self) -> dict[str, float]:
-        return {f"buffer/{k}": float(v) for k, v in self.counters.items()} | {
-            "buffer/waiting_groups": float(len(self.strategy))}
+    def stats(self, current_version: int | None = None) -> dict[str, float]:
+        """Counters since the run began (groups added, served, dropped by reason), and what
+        waits now: groups, responses, how many groups have a uniform reward (no signal under
+        group-relative advantages), their age in learner versions behind `current_version`
+        (when given), and each strategy's own."""
+        waiting = self.strategy.groups()
+        versions = [s.policy_version for g in waiting for s in g]
+        out = {f"buffer/{k}": float(v) for k, v in self.counters.items()} | {
+            "buffer/waiting_groups": float(len(waiting)),
+            "buffer/waiting_samples": float(len(versions)),
+            "buffer/waiting_uniform_groups": float(sum(
+                reward_std([s.reward or 0.0 for s in g]) == 0 for g in waiting if len(g) > 1)),
+            "buffer/set_aside_groups": float(len(self.set_aside))}
+        if current_version is not None:
+            ages = [current_version - v for v in versions]
+            out["buffer/age_mean"] = sum(ages) / len(ages) if ages else 0.0
+            out["buffer/age_max"] = float(max(ages, default=0))
+        if self.recomposer:
+            out.update(self.recomposer.stats())
+        return out
 
     def state_dict(self) -> dict:
         return {"strategy": self.strategy.state_dict(), "counters": dict(self.counters),
-                "set_aside": self.set_aside}
+                "set_aside": self.set_aside,
+                "rorecomp": self.recomposer.state_dict() if self.recomposer else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.strategy.load_state_dict(state["strategy"])
+        if self.recomposer and state.get("rorecomp"):
+            self.recomposer.load_state_dict(state["rorecomp"])
         self.counters.update(_renamed_counters(state["counters"]))
         # checkpoints before group filters held DAPO's uniform groups (spread 0) under "uniform"
         self.set_aside = state.get("set_aside") or [(0.0, g) for g in state.get("uniform", [])]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Protocol
 
 import torch
@@ -109,6 +110,79 @@ class HFEngine:
                 truncated=decoded.truncated[row], answer=prompt.answer, steps=steps,
                 step_ends=step_ends, metadata=dict(prompt.metadata)))
         return samples
+
+    @torch.no_grad()
+    def continue_from(self, samples: list[Sample], prefix_lengths: list[int],
+                      sampling: SamplingParams) -> list[Sample]:
+        """`sampling.n` continuations of each sample's prompt + response_ids[:prefix_length]
+        (token ids as they are, never re-tokenised), n per input in input order (SCOPE repair:
+        a guide writes on from the last correct step, actors/repair.py).
+
+        Each new sample's response is the prefix + the continuation; its behaviour log-probs
+        are the original prefix's followed by the continuation's under this engine, and
+        `metadata["continued_from"]` is the prefix length. The whole response stays within
+        `sampling.max_new_tokens`: the continuation gets the tokens the prefix leaves, and a
+        prefix that leaves none comes back as it is, truncated. Rewards start empty."""
+        if len(samples) != len(prefix_lengths):
+            raise ValueError(f"{len(samples)} samples but {len(prefix_lengths)} prefix lengths")
+        for s, k in zip(samples, prefix_lengths):
+            if not 0 <= k <= len(s.response_ids):
+                raise ValueError(f"prefix length {k} outside the {len(s.response_ids)} response "
+                                 f"tokens of sample {s.prompt_id!r}")
+        torch.manual_seed(sampling.seed)  # same seed, same continuations, as generate
+        out: list[Sample | None] = [None] * (len(samples) * sampling.n)
+        room = [sampling.max_new_tokens - k for k in prefix_lengths]
+        for i, (s, k) in enumerate(zip(samples, prefix_lengths)):
+            if room[i] < 1:   # no budget left: the prefix as it is
+                for j in range(sampling.n):
+                    out[i * sampling.n + j] = self._continued(s, k, [], [], [], True)
+        todo = [i for i in range(len(samples)) if room[i] >= 1]
+        for c in range(0, len(todo), self.max_batch_prompts):
+            chunk = todo[c:c + self.max_batch_prompts]
+            rows = [samples[i].prompt_ids + samples[i].response_ids[:prefix_lengths[i]]
+                    for i in chunk]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, row in enumerate(rows):   # left padding, as the tokenizer pads prompts
+                ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+                mask[r, width - len(row):] = 1
+            # one decode for the chunk, run to its largest budget; each row is cut to its own
+            sp = replace(sampling, max_new_tokens=max(room[i] for i in chunk))
+            end_ids = {self.tokenizer.eos_token_id}
+            decoded = sample(self.model, ids.to(self.device), mask.to(self.device), sp,
+                             end_ids, self._weights_version)
+            for row, tokens in enumerate(decoded.tokens):
+                i = chunk[row // sp.n]
+                cut = room[i]
+                tokens = tokens[:cut]
+                truncated = not (tokens and tokens[-1] in end_ids)
+                out[i * sampling.n + row % sp.n] = self._continued(
+                    samples[i], prefix_lengths[i], tokens, decoded.logprobs[row][:cut],
+                    decoded.versions[row][:cut], truncated)
+        return out
+
+    def _continued(self, original: Sample, k: int, tokens: list[int], logprobs: list[float],
+                   versions: list[int], truncated: bool) -> Sample:
+        """A new sample: `original`'s first k response tokens, then `tokens`."""
+        ids = original.response_ids[:k] + tokens
+        steps = step_ends = None
+        if self.step_delimiter:
+            steps, step_ends = split_steps([self._piece(t) for t in ids], self.step_delimiter)
+        # the prefix keeps the versions that sampled it; tagged only when they differ
+        before = (original.token_versions or [original.policy_version] * len(original.response_ids))[:k]
+        every = before + versions
+        version = versions[0] if versions else self.version
+        return Sample(
+            prompt_id=original.prompt_id, group_id=original.group_id,
+            prompt_ids=list(original.prompt_ids), response_ids=ids,
+            behaviour_logprobs=list(original.behaviour_logprobs[:k]) + list(logprobs),
+            policy_version=version,
+            token_versions=None if len(set(every)) <= 1 else every,
+            prompt_text=original.prompt_text,
+            response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            truncated=truncated, answer=original.answer, steps=steps, step_ends=step_ends,
+            metadata=dict(original.metadata) | {"continued_from": k})
 
     def _piece(self, token: int) -> str:
         """The text of one token alone, memoised: decoding each token of every response

@@ -39,6 +39,10 @@ class Sample:
     token_versions: list[int] | None = None  # per response token, the weights version that
                                         # sampled it, when newer weights took over mid-response
                                         # (rollout.partial); None = all policy_version
+    loss_weight: float = 1.0            # scales this response's share of the loss (strategies
+                                        # that re-weight samples, e.g. a difficulty curriculum)
+    advantages: list[float] | None = None  # per response token, the advantage computed in the
+                                        # step that sampled it; kept for a later replay (RoRecomp)
 
     @property
     def flagged(self) -> bool:
@@ -60,6 +64,15 @@ def groups_of(samples: list[Sample]) -> list[list[Sample]]:
     for s in samples:
         groups.setdefault(s.group_id, []).append(s)
     return list(groups.values())
+
+
+def response_diversity(group: list[Sample]) -> float:
+    """Share of distinct pairs among a group's response texts: the mean over pairs i < j of
+    1[text_i != text_j]; 0.0 for fewer than two. [inferred] SCOPE reports a "diversity score"
+    it does not define; this exact-match pairwise dissimilarity is the cheapest stand-in."""
+    texts = [s.response_text for s in group]
+    pairs = [(a, b) for i, a in enumerate(texts) for b in texts[i + 1:]]
+    return sum(a != b for a, b in pairs) / len(pairs) if pairs else 0.0
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Which of one rank's rows go through each forward/backward: a fixed number of rows
-(learner.micro_batch_size), or as many rows as fit a token budget (learner.micro_batch_tokens).
+"""How a rollout batch is cut: into global mini-batches (one optimizer step each), and one
+rank's rows of a mini-batch into micro-batches (one forward/backward each): a fixed number of
+rows (learner.micro_batch_size), or as many rows as fit a token budget (learner.micro_batch_tokens).
 
 With a budget, rows are sorted by length and packed so that rows x widest row (prompt and
 response after padding) stays within it: short rows share a micro-batch, a long one may run
@@ -50,6 +51,28 @@ class RowLengths:
 
     def padded_tokens(self, rows: list[int]) -> int:
         return len(rows) * self.width(rows)
+
+
+def mini_batch_ids(phase_sizes: list[int], size: int, unit: int = 1) -> torch.Tensor:
+    """[B] the optimizer step each row belongs to (the learner steps once per id, in order).
+    Rows come as consecutive phases (one rollout batch, or RoRecomp's priority and
+    compensation batches); a phase of n rows takes ceil(n / size) steps of near-equal size,
+    each a multiple of `unit` rows (the learner ranks split every step evenly)."""
+    ids, step = [], 0
+    for n in phase_sizes:
+        if n % unit:
+            raise ValueError(f"a phase of {n} rows does not split evenly over {unit} ranks")
+        units, steps = n // unit, -(-n // size)
+        ids += [step + (k // unit) * steps // units for k in range(n)]
+        step += steps
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def mini_batch_rows(mini: torch.Tensor) -> list[slice]:
+    """The row slice of each optimizer step of `mini` (mini_batch_ids)."""
+    _, counts = torch.unique_consecutive(mini, return_counts=True)
+    ends = counts.cumsum(0).tolist()
+    return [slice(end - n, end) for end, n in zip(ends, counts.tolist())]
 
 
 def by_rows(n: int, size: int) -> list[slice]:

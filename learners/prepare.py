@@ -14,6 +14,7 @@ from core.schema import checked
 from core.registry import lookup
 from learners.advantages import AdvantageInputs, declared, laser_mix
 from learners.losses import LaserLoss, aggregation_weights, kl_estimate
+from learners.micro_batches import mini_batch_ids, mini_batch_rows
 from core.laser import laser_balanced_weights
 
 
@@ -25,6 +26,7 @@ class BatchRecipe:
     estimator_options: dict = field(default_factory=dict)
     loss_aggregation: str = "seq-mean-token-mean"
     mini_batch_size: int = 64         # responses per optimizer step (all ranks)
+    num_ranks: int = 1                # learner ranks; each takes an equal share of every mini-batch
     max_new_tokens: int = 64          # L_max, for seq-mean-token-sum-norm
     exclude_flagged: bool = True      # no gradient from samples a reward source failed on
     masking_sources: list[str] | None = None  # the sources whose flags exclude a sample (those
@@ -132,23 +134,56 @@ def build_train_batch(samples: list[Sample], recipe: BatchRecipe, pad_id: int,
     if out.keep is not None:
         mask *= out.keep[:, None].float()
         metrics["kept_fraction"] = float(out.keep.float().mean())
-    weights = per_mini_batch(mask, recipe, recipe.loss_aggregation)
-    token_weights = per_mini_batch(mask, recipe, "token-mean")  # for monitored means
+    mini = mini_batch_ids([len(samples)], recipe.mini_batch_size)
     advantages = out.advantages * mask
-    batch.extras.update(advantages=advantages, loss_weights=weights, token_weights=token_weights,
-                        seq_rewards=inputs.rewards, group=inputs.group.float())
+    batch.extras.update(advantages=advantages, seq_rewards=inputs.rewards,
+                        group=inputs.group.float(), **loss_weighting(samples, mask, mini, recipe))
     if "ref_logprobs" in annotations:
         batch.extras["ref_logprobs"] = annotations["ref_logprobs"]
     if laser:
         batch.extras.update(laser_loss_inputs(samples, laser, recipe))
     if out.returns is not None:
         batch.extras.update(returns=out.returns, old_values=annotations["values"],
-                            value_weights=token_weights)
+                            value_weights=batch.extras["token_weights"])
     trained = mask.sum().clamp(min=1)
     metrics["advantage_mean"] = float(advantages.sum() / trained)
     metrics["advantage_abs_mean"] = float(advantages.abs().sum() / trained)
     metrics["trained_token_fraction"] = float(mask.sum() / sampled.sum().clamp(min=1))
     return batch, metrics
+
+
+def keep_advantages(samples: list[Sample], batch: Batch) -> None:
+    """Write each sample's advantages and trained-token mask from its learner batch onto the
+    sample, so it can be trained again later as this step computed it (RoRecomp)."""
+    advantages, mask = batch.extras["advantages"], batch.response_mask
+    for i, s in enumerate(samples):
+        n = len(s.response_ids)
+        s.advantages = advantages[i, :n].tolist()
+        s.loss_mask = [int(m) for m in mask[i, :n].tolist()]
+
+
+def recomposed_batch(priority: list[Sample], compensation: list[list[Sample]],
+                     recipe: BatchRecipe, pad_id: int) -> tuple[Batch, dict]:
+    """A learner batch of RoRecomp's priority batch, then its compensation batches, from
+    samples that carry the advantages and masks of the step that sampled them
+    (keep_advantages). Each of those batches takes ceil(n / mini_batch_size) optimizer steps;
+    compensation rows are `replayed`: the learner keeps their behaviour log-probs as pi_old."""
+    samples = priority + [s for batch in compensation for s in batch]
+    batch = Batch.from_samples(samples, pad_id)
+    mask = batch.response_mask
+    advantages = torch.zeros_like(mask)
+    for i, s in enumerate(samples):
+        advantages[i, :len(s.advantages)] = torch.tensor(s.advantages)
+    sizes = [len(priority)] + [len(b) for b in compensation]
+    mini = mini_batch_ids(sizes, recipe.mini_batch_size, recipe.num_ranks)
+    batch.extras.update(
+        advantages=advantages * mask,
+        replayed=torch.tensor([0.0] * len(priority) + [1.0] * (len(samples) - len(priority))),
+        seq_rewards=torch.tensor([float(s.reward) for s in samples]),
+        group=group_index(samples).float(), **loss_weighting(samples, mask, mini, recipe))
+    return batch, {"priority_samples": float(len(priority)),
+                   "compensation_samples": float(len(samples) - len(priority)),
+                   "optimizer_steps": float(int(mini[-1]) + 1)}
 
 
 def laser_mixing_on(laser: LaserOptions, samples: list[Sample]) -> bool:
@@ -175,8 +210,7 @@ def laser_loss_inputs(samples: list[Sample], laser: LaserOptions,
     verifier = scores(laser.verifier_source)
     excluded = [s.truncated or masked_by_flags(s, recipe) for s in samples]
     loss_weights, count_weights = torch.zeros(len(samples)), torch.zeros(len(samples))
-    for start in range(0, len(samples), recipe.mini_batch_size):
-        rows = slice(start, start + recipe.mini_batch_size)
+    for rows in mini_batch_rows(mini_batch_ids([len(samples)], recipe.mini_batch_size)):
         r_v, out = verifier[rows], excluded[rows]
         w = laser_balanced_weights(r_v, out) if laser.balanced else [float(not e) for e in out]
         loss_weights[rows] = torch.tensor(w) / len(r_v)
@@ -189,13 +223,24 @@ def laser_loss_inputs(samples: list[Sample], laser: LaserOptions,
             "laser_loss_weights": loss_weights, "laser_count_weights": count_weights}
 
 
-def per_mini_batch(mask: torch.Tensor, recipe: BatchRecipe, mode: str) -> torch.Tensor:
+def per_mini_batch(mask: torch.Tensor, mini: torch.Tensor, mode: str,
+                   max_len: int | None) -> torch.Tensor:
     """Aggregation weights computed separately for each global mini-batch of rows."""
     weights = torch.zeros_like(mask)
-    for start in range(0, len(mask), recipe.mini_batch_size):
-        rows = slice(start, start + recipe.mini_batch_size)
-        weights[rows] = aggregation_weights(mask[rows], mode, recipe.max_new_tokens)
+    for rows in mini_batch_rows(mini):
+        weights[rows] = aggregation_weights(mask[rows], mode, max_len)
     return weights
+
+
+def loss_weighting(samples: list[Sample], mask: torch.Tensor, mini: torch.Tensor,
+                   recipe: BatchRecipe) -> dict[str, torch.Tensor]:
+    """The learner's per-token weights: `loss_weights` (the algorithm's aggregation, each
+    response scaled by its Sample.loss_weight), `token_weights` (a plain token mean, for
+    monitored values), and `mini_batch` (the optimizer step of each row)."""
+    scale = torch.tensor([s.loss_weight for s in samples], dtype=mask.dtype)[:, None]
+    weights = per_mini_batch(mask, mini, recipe.loss_aggregation, recipe.max_new_tokens) * scale
+    return {"loss_weights": weights, "mini_batch": mini,
+            "token_weights": per_mini_batch(mask, mini, "token-mean", None)}
 
 
 def step_end_rewards(samples: list[Sample], source: str, width: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ from core.registry import lookup
 from learners.losses import (LaserLoss, LossInputs, kl_estimate, laser_aux_loss, loss_needs,
                              value_loss)
 from learners.config import CriticConfig, LearnerConfig, PolicyLossConfig
-from learners.micro_batches import by_rows, token_micro_batches, without_padding
+from learners.micro_batches import by_rows, mini_batch_rows, token_micro_batches, without_padding
 from learners.precision import attention_in_fp32_on_cpu, autocast
 from learners.token_stats import chunked_token_stats
 from core.preference_losses import bradley_terry_loss, dpo_loss, simpo_loss
@@ -221,6 +221,14 @@ class LearnerWorker:
         """Critic values V(s_t) of the state before each response token."""
         return self._forward(self.critic, mb).logits[:, mb.prompt_len - 1:-1, 0].float()
 
+    def _mini_batch_rows(self, batch: Batch) -> list[slice]:
+        """Each optimizer step's rows: as the batch's `mini_batch` ids say (their number may
+        vary from step to step, e.g. RoRecomp's compensation steps), else mini_batch_size."""
+        if "mini_batch" in batch.extras:
+            return mini_batch_rows(batch.extras["mini_batch"])
+        M = self.s.mini_batch_size
+        return [slice(i, i + M) for i in range(0, len(batch), M)]
+
     def _my_rows(self, batch: Batch) -> Batch:
         """This rank's contiguous share of a global (mini-)batch."""
         per_rank = len(batch) // self.world_size
@@ -302,10 +310,9 @@ class LearnerWorker:
         weights summing to its whole loss over all ranks), and `returns`/`value_weights`
         when a critic is trained.
         """
-        M = self.s.mini_batch_size
         if self.laser and self.laser_c_ref is None:
             self.laser_c_ref = self._recover_c_ref(self._my_rows(batch))
-        minis = [self._my_rows(batch.select(slice(i, i + M))) for i in range(0, len(batch), M)]
+        minis = [self._my_rows(batch.select(rows)) for rows in self._mini_batch_rows(batch)]
         # pi_old is the policy before this step's first update. With one epoch, the first
         # mini-batch's own forward pass (detached) is it, so only the later mini-batches (and
         # every epoch after the first) need a pass of their own, taken before any update.
@@ -379,9 +386,15 @@ class LearnerWorker:
         gap = (logprobs - mb.behaviour_logprobs).abs() * real
         if mean_logsoftmax is not None:
             extras["old_mean_logsoftmax"] = mean_logsoftmax.detach().to(logprobs.device)
-        extras["old_logprobs"] = logprobs if self.s.recompute_old_logprobs else mb.behaviour_logprobs
+        old = logprobs if self.s.recompute_old_logprobs else mb.behaviour_logprobs
+        # replayed rows (RoRecomp's compensation steps) keep the pi_old of the step that
+        # sampled them, their behaviour log-probs: the ratio and clip measure all the updates since
+        replayed = mb.extras.get("replayed")
+        if replayed is not None:
+            old = torch.where(replayed[:, None] > 0, mb.behaviour_logprobs, old)
+        extras["old_logprobs"] = old
         if self.s.tis_cap and self.s.recompute_old_logprobs:
-            ratio = torch.exp(logprobs - mb.behaviour_logprobs)
+            ratio = torch.exp(old - mb.behaviour_logprobs)
             extras["tis_weight"] = ratio.clamp(max=self.s.tis_cap)
         return torch.stack([gap.sum(), real.sum()])
 

@@ -161,6 +161,51 @@ def _check_group_filter(cfg: DictConfig, group: int) -> None:
            f"step's mean std before the first filtering step")
 
 
+def _check_rorecomp(cfg: DictConfig, sources: list[str]) -> None:
+    """buffer.rorecomp replays samples with the advantages their step computed: what else the
+    learner would need of them (critic returns, LaSeR inputs, whole groups, old vocabulary
+    statistics) is not kept, so those algorithms are refused."""
+    block = cfg.buffer.rorecomp
+    if block is None:
+        return
+    a = cfg.algorithm
+    _check(not a.critic.enabled, "algorithm.critic.enabled", True,
+           "buffer.rorecomp replays samples without their critic returns: use a critic-free "
+           "estimator (grpo, rloo, ...) or buffer=fifo")
+    _check(cfg.reward.get("laser") is None, "reward.laser", "set",
+           "buffer.rorecomp does not carry LaSeR's per-sample inputs: use buffer=fifo")
+    needs = loss_needs(lookup("loss", a.loss))
+    _check(not needs, "algorithm.loss", a.loss,
+           f"this loss needs {sorted(needs)}, which recomposed batches do not keep: use ppo or gspo")
+    _check(block.correct_source is None or block.correct_source in sources,
+           "buffer.rorecomp.correct_source", block.correct_source,
+           f"must name a reward source: one of {sources}, or null for the combined reward")
+    ranks = cfg.learner.num_ranks
+    _check(block.capacity is None or block.capacity % ranks == 0, "buffer.rorecomp.capacity",
+           block.capacity, f"must be a multiple of learner.num_ranks={ranks}")
+
+
+def _check_repair(cfg: DictConfig) -> None:
+    """buffer.repair (SCOPE): the first error is a step of a step-level source, and the guided
+    tokens need a loss that shapes them (ppo)."""
+    block = cfg.buffer.repair
+    if block is None:
+        return
+    sources = {s.name: s for s in cfg.reward.sources}
+    _check(bool(cfg.rollout.step_delimiter), "rollout.step_delimiter", cfg.rollout.step_delimiter,
+           "buffer.repair locates a response's first wrong step: set the step delimiter")
+    prm = sources.get(block.prm_source)
+    _check(prm is not None and prm.granularity == "step", "buffer.repair.prm_source",
+           block.prm_source, "must name a reward source with granularity: step (high = right), "
+           f"one of {[n for n, s in sources.items() if s.granularity == 'step']}")
+    _check(block.verify_source is None or block.verify_source in sources,
+           "buffer.repair.verify_source", block.verify_source,
+           f"must name a reward source: one of {list(sources)}, or null for the combined reward")
+    _check(cfg.algorithm.loss == "ppo", "algorithm.loss", cfg.algorithm.loss,
+           "buffer.repair trains the guide's tokens with ppo's guided shaping "
+           "(loss_options.guided_gamma): use loss ppo")
+
+
 def _check_laser(cfg: DictConfig, group: int) -> None:
     """reward.laser (LaSeR training, conf/reward/laser.yaml): named sources exist and are of the
     right kind, and every rollout worker shares one c_ref (ranges: learners/prepare.py LaserOptions)."""
@@ -235,7 +280,9 @@ def validate(cfg: DictConfig) -> None:
            cfg.learner.strategy, "several ranks need learner.strategy=fsdp2")
     rollout_batch = prompts * group
     mini = cfg.learner.mini_batch_size
-    _check(rollout_batch % mini == 0, "learner.mini_batch_size", mini,
+    # RoRecomp's batches vary in size: each takes ceil(n / mini) steps of near-equal size
+    _check(rollout_batch % mini == 0 or cfg.buffer.rorecomp is not None,
+           "learner.mini_batch_size", mini,
            f"must divide the rollout batch (data.prompts_per_step x rollout.responses_per_prompt "
            f"= {prompts} x {group} = {rollout_batch} responses)")
     _check(mini % ranks == 0, "learner.mini_batch_size", mini,
@@ -272,6 +319,9 @@ def validate(cfg: DictConfig) -> None:
     except KeyError as err:
         raise ConfigError(f"config reward.combine={cfg.reward.combine!r}: {err.args[0]}") from None
     _check_laser(cfg, group)
+    _check_function(cfg, "buffer", "buffer.strategy")
+    _check_rorecomp(cfg, names)
+    _check_repair(cfg)
     _warn_oversubscribed(cfg)
 
     source = cfg.data.source

@@ -29,6 +29,7 @@ from orchestrator.streaming import StreamingScheduler
 from orchestrator.reward_model_prep import ensure_reward_models
 from orchestrator.warm_start import run_warm_start, warm_start_folder
 from orchestrator.preflight import preflight
+from orchestrator.prompt_selection import make_prompt_selector
 from tasks.datasets import PromptStream
 from tasks.sources import load_prompts
 
@@ -69,9 +70,12 @@ def run(cfg: DictConfig) -> dict:
         pipeline = Pipeline(cfg, cluster, policy, learner, task.renderer.add_special_tokens)
         sink = MetricsSink(run_dir, cfg.logging, cfg.run_name, OmegaConf.to_container(cfg))
         scheduler_class = StreamingScheduler if cfg.scheduler.mode == "async" else Scheduler
-        scheduler = scheduler_class(cfg, pipeline,
-                                    PromptStream(task.train, cfg.seed, cfg.data.shuffle),
-                                    task.held_out, tokenizer.pad_token_id, sink, checkpoints, base)
+        prompts = PromptStream(task.train, cfg.seed, cfg.data.shuffle)
+        if cfg.buffer.prompts.kind != "stream":   # pairing, curriculum: chosen by their success
+            prompts = make_prompt_selector(OmegaConf.to_container(cfg.buffer.prompts), prompts,
+                                           cfg.rollout.responses_per_prompt, cfg.seed)
+        scheduler = scheduler_class(cfg, pipeline, prompts, task.held_out, tokenizer.pad_token_id,
+                                    sink, checkpoints, base)
         scheduler.judge = judge
         if cfg.resume and checkpoints.latest():
             scheduler.restore(checkpoints.latest())

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from actors.buffer import ReplayBuffer
+from actors.repair import RepairWorker
 from actors.restart_state import save_worker_state
 from actors.reward import RewardWorker
 from actors.rollout import RolloutWorker
@@ -28,6 +29,20 @@ def split_evenly(items: list, parts: int) -> list[list]:
         out.append(items[start:end])
         start = end
     return out
+
+
+def rorecomp_options(cfg) -> dict | None:
+    """RoRecomp's options with the run's learner ranks and seed, and the default capacity:
+    (1 - alpha) x the rollout batch, about one compensation step per rollout step."""
+    if cfg.buffer.rorecomp is None:
+        return None
+    options = OmegaConf.to_container(cfg.buffer.rorecomp)
+    ranks = cfg.learner.num_ranks
+    if options["capacity"] is None:
+        rollout_batch = cfg.data.prompts_per_step * cfg.rollout.responses_per_prompt
+        leftover = int((1 - options["alpha"]) * rollout_batch)
+        options["capacity"] = max(leftover // ranks, 1) * ranks
+    return {**options, "unit": ranks, "seed": cfg.seed}
 
 
 class Pipeline:
@@ -58,7 +73,18 @@ class Pipeline:
         self.chunks_per_worker = r.chunks_per_worker
         self.partial = r.partial
         self.weights: Weights | None = None   # the newest published weights (None: the initial ones)
-        self.buffer = cluster.spawn(ReplayBuffer, cfg.buffer.strategy, cfg.buffer.max_staleness)
+        b = cfg.buffer
+        self.repairer = None   # SCOPE: repairs failed responses between reward and buffer
+        if b.repair is not None:
+            engine = dict(model_path=policy_path, max_batch_prompts=r.max_batch_prompts,
+                          threads=r.threads, dtype=cfg.model.dtype,
+                          step_delimiter=r.step_delimiter, add_special_tokens=add_special_tokens)
+            self.repairer = cluster.spawn(RepairWorker, sources, OmegaConf.to_container(b.repair),
+                                          engine, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+                                          restarts=cfg.cluster.actor_restarts)
+        self.buffer = cluster.spawn(ReplayBuffer, b.strategy, b.max_staleness,
+                                    rorecomp=rorecomp_options(cfg),
+                                    **OmegaConf.to_container(b.strategy_options))
 
     def shares(self, prompts: list[Prompt], sampling: SamplingParams
                ) -> list[tuple[int, list[Prompt], SamplingParams]]:
@@ -80,6 +106,18 @@ class Pipeline:
         together); learn=False for held-out samples, which co-trained reward models must not
         learn from."""
         return self.rewarders[k % len(self.rewarders)].call("score", sample_future, learn)
+
+    def repair_share(self, scored_future, sampling: SamplingParams):
+        """SCOPE: the share's scored samples with failed responses repaired (the guide, when it
+        is the policy, runs with the newest published weights); as they are without repairs."""
+        if self.repairer is None:
+            return scored_future
+        return self.repairer.call("repair", scored_future, sampling, self.weights)
+
+    def process_share(self, k: int, prompts: list[Prompt], sampling: SamplingParams, tag: str):
+        """Share k through every stage before the buffer: generate, score, repair."""
+        return self.repair_share(self.score_share(k, self.generate_share(k, prompts, sampling, tag)),
+                                 sampling)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingParams, tag: str) -> list:
         """Start generation on every rollout worker; one future per non-empty share."""
@@ -115,11 +153,16 @@ class Pipeline:
                 if not self.cluster.died(err):
                     raise
 
+    def repair_metrics(self) -> dict[str, float]:
+        """The repair stage's counters (repair/*), or none without one."""
+        return self.cluster.get(self.repairer.call("stats")) if self.repairer else {}
+
     def vitals(self) -> dict[str, list[dict]]:
         """Each rollout and reward worker's `vitals()` (busy seconds, PID), by stage; a stage
         with a worker restarting after a crash is left out of this reading."""
         out = {}
-        for stage, workers in (("rollout", self.rollouts), ("reward", self.rewarders)):
+        stages = [("rollout", self.rollouts), ("reward", self.rewarders)]
+        for stage, workers in stages + ([("repair", [self.repairer])] if self.repairer else []):
             try:
                 out[stage] = self.cluster.get([w.call("vitals", control=True) for w in workers])
             except Exception as err:
@@ -131,6 +174,8 @@ class Pipeline:
         """State of stateful reward sources on every reward and rollout worker (checkpoint
         `step`'s); each worker's is also saved where it reloads it after a restart."""
         out = {"labelers": self.labelers.state_dict()}
+        if self.repairer:
+            out["repair"] = self.cluster.get(self.repairer.call("state_dict"))
         for key, workers in (("rewarders", self.rewarders), ("rollouts", self.rollouts)):
             out[key] = self.cluster.get([w.call("state_dict") for w in workers])
             for path, state in zip(self.state_files[key], out[key]):
@@ -140,6 +185,8 @@ class Pipeline:
 
     def load_components_state(self, state: dict, step: int) -> None:
         self.labelers.load_state_dict(state.get("labelers", {}))
+        if self.repairer and "repair" in state:
+            self.cluster.get(self.repairer.call("load_state_dict", state["repair"]))
         for key, workers in (("rewarders", self.rewarders), ("rollouts", self.rollouts)):
             parts = state.get(key, [])
             self.cluster.get([w.call("load_state_dict", part)
@@ -156,6 +203,7 @@ class Pipeline:
 
     def shutdown(self) -> None:
         """Stop the rollout, reward and buffer workers (the learner group is its owner's)."""
-        for handle in [*self.rollouts, *self.rewarders, self.buffer]:
+        for handle in [*self.rollouts, *self.rewarders, self.buffer] + (
+                [self.repairer] if self.repairer else []):
             self.cluster.kill(handle)
         self.labelers.close()

@@ -16,13 +16,14 @@ from tqdm import tqdm
 
 from actors.buffer import Added, GroupFilter
 from actors.reward import RewardSource, reward_metrics
-from core.records import Batch, Prompt, Sample, SamplingParams
+from core.records import Batch, Prompt, Sample, SamplingParams, groups_of, response_diversity
 from core.registry import lookup
 from learners.advantages import needs_values
-from learners.prepare import BatchRecipe, build_train_batch
+from learners.prepare import BatchRecipe, build_train_batch, keep_advantages, recomposed_batch
 from orchestrator.checkpoint import Checkpoints
 from orchestrator.metrics import HostCpu, MetricsSink, PhaseTimer
 from orchestrator.pipeline import Pipeline
+from orchestrator.prompt_selection import PromptSelectionConfig, difficulty_loss_weights
 from rewards.self_rewards import LagrangeMultipliers, reward_std
 
 log = logging.getLogger("rewardmill")
@@ -47,6 +48,7 @@ class Scheduler:
             self.lagrange = LagrangeMultipliers(opts["constraints"], seed=cfg.seed,
                                                 **opts.get("multiplier") or {})
         self.group_filter = group_filter_of(cfg.algorithm)   # DAPO / RLPR: which groups to train on
+        self.selection = PromptSelectionConfig(**OmegaConf.to_container(cfg.buffer.prompts))
         self.step = 0
         self.trainable_checked = False      # the first step of this process checks its batch
         self.judge = None                   # a served judge that follows the policy (main sets it)
@@ -55,6 +57,7 @@ class Scheduler:
         self.restarts = 0                            # rollout and reward worker restarts seen
         self.resent = 0                              # shares sent again after a worker died
         self.host_cpu = HostCpu()                    # this machine's CPU use, step to step
+        self.stale_seen = 0.0                        # the buffer's stale drops already warned of
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -83,6 +86,8 @@ class Scheduler:
     def train_step(self, step: int) -> dict:
         algo, timer, start = self.cfg.algorithm, PhaseTimer(), time.perf_counter()
         samples, rounds, added = self.sample_batch(step, timer)
+        if self.selection.kind == "curriculum" and self.selection.curriculum_loss_weights:
+            self.weight_by_difficulty(samples)
         if algo.greedy_baseline:
             with timer("baseline"):
                 self.add_greedy_baseline(samples)
@@ -98,6 +103,9 @@ class Scheduler:
             if not self.trainable_checked:
                 require_trainable(samples, batch)
                 self.trainable_checked = True
+            recomposed = {}
+            if self.cfg.buffer.rorecomp is not None:
+                batch, recomposed = self.recompose(samples, batch, version=step)
             batch_future = self.pipe.cluster.put(batch)
         with timer("train"):
             train = self.pipe.learner.train_step(batch_future)
@@ -109,9 +117,12 @@ class Scheduler:
         self.sink.log_samples(step + 1, "train", samples)
         self.sink.log_trained(step + 1, step, samples)
         metrics = {**reward_metrics(samples, self.source_names), **judge,
-                   **rollout_metrics(samples, learner_version=step),
+                   **rollout_metrics(samples, learner_version=step), **self.buffer_metrics(step + 1),
                    **{f"advantage/{k}": v for k, v in prepared.items()},
+                   **{f"recompose/{k}": v for k, v in recomposed.items()},
                    **{f"train/{k}": v for k, v in train.items()}}
+        if self.selection.kind != "stream":
+            metrics.update(self.prompts.metrics())
         if self.group_filter.active:
             metrics["rollout/sampling_rounds"] = rounds
             metrics.update(self.update_group_filter(step, added, samples))
@@ -122,7 +133,43 @@ class Scheduler:
         metrics["time/scheduler_overhead"] = total - sum(timer.seconds.values())
         metrics.update(self.worker_metrics(total, timer.seconds.get("train", 0.0)))
         metrics.update(self.pipe.labelers.metrics())
+        metrics.update(self.pipe.repair_metrics())
         return metrics
+
+    def weight_by_difficulty(self, samples: list[Sample]) -> None:
+        """PC-GRPO: each group's loss weight peaks at medium difficulty (its success rate)."""
+        groups = groups_of(samples)
+        weights = difficulty_loss_weights([[s.reward or 0.0 for s in g] for g in groups],
+                                          self.selection)
+        for group, weight in zip(groups, weights):
+            for s in group:
+                s.loss_weight = weight
+
+    def observe_prompts(self, landed: list[Added]) -> None:
+        """Tell a selecting prompt selector (pairing, curriculum) how each group did."""
+        if self.selection.kind != "stream":
+            self.prompts.observe([o for a in landed for o in a.outcomes])
+
+    def recompose(self, samples: list[Sample], batch: Batch, version: int) -> tuple[Batch, dict]:
+        """RoRecomp: the buffer splits the batch, whose advantages now travel on its samples,
+        into a priority batch and any compensation batches due; one learner batch of them."""
+        keep_advantages(samples, batch)
+        priority, compensation = self.pipe.cluster.get(
+            self.pipe.buffer.call("recompose", samples, version))
+        return recomposed_batch(priority, compensation, self.recipe, self.pad_id)
+
+    def buffer_metrics(self, version: int) -> dict:
+        """The buffer's counters, what waits in it, and each strategy's own (buffer/*,
+        rorecomp/*); a warning when groups were dropped as stale since the last step."""
+        stats = self.pipe.cluster.get(self.pipe.buffer.call("stats", version))
+        stale = stats["buffer/dropped_stale_groups"]
+        if stale > self.stale_seen and self.cfg.scheduler.mode == "sync":   # async warns as it drops
+            log.warning("step %d: %d groups dropped as stale (sampled more than "
+                        "buffer.max_staleness=%d versions before they could be trained; e.g. "
+                        "the surplus of a group filter's extra sampling rounds)", version,
+                        stale - self.stale_seen, self.cfg.buffer.max_staleness)
+        self.stale_seen = stale
+        return stats
 
     def worker_metrics(self, wall_s: float, train_s: float) -> dict:
         """Share of the step's wall time each stage worked (per worker: 1.0 = always busy),
@@ -170,8 +217,15 @@ class Scheduler:
             with timer("reward"):
                 futures = self.pipe.annotate(futures)
                 self.pipe.wait(futures)
+            if self.pipe.repairer:
+                with timer("repair"):
+                    futures = [self.pipe.repair_share(f, share_sampling) for f, (_, _, share_sampling)
+                               in zip(futures, self.pipe.shares(prompts, sampling))]
+                    self.pipe.wait(futures)
             with timer("buffer"):
-                added += self.add_shares(step, tag, self.pipe.shares(prompts, sampling), futures)
+                landed = self.add_shares(step, tag, self.pipe.shares(prompts, sampling), futures)
+                self.observe_prompts(landed)
+                added += landed
                 last_round = (not self.group_filter.active
                               or rounds >= self.cfg.algorithm.max_sampling_rounds)
                 samples = self.pipe.next_batch(self.groups_per_step, version=step,
@@ -183,7 +237,7 @@ class Scheduler:
 
     def add_shares(self, step: int, tag: str, shares: list, scored: list) -> list[Added]:
         """Queue each share's scored groups; what the buffer did with each. A share whose
-        rollout or reward worker died on the way (a failed stage hands its failure on, and the
+        rollout, reward or repair worker died on the way (a failed stage hands its failure on, and the
         buffer adds nothing) runs again from its generate call once Ray has restarted the
         worker: the same seed and weights, so the same samples, and each group lands once."""
         pipe = self.pipe
@@ -197,9 +251,9 @@ class Scheduler:
                 except Exception as err:
                     if not pipe.cluster.died(err):
                         raise
-                    self.before_resend(err, k, prompts, sends, "a rollout or reward worker")
-                add = pipe.buffer.call("add", pipe.score_share(k, pipe.generate_share(
-                    k, prompts, sampling, tag)), self.group_filter, filter_step(step))
+                    self.before_resend(err, k, prompts, sends, "a rollout, reward or repair worker")
+                add = pipe.buffer.call("add", pipe.process_share(k, prompts, sampling, tag),
+                                       self.group_filter, filter_step(step))
         return added
 
     def before_resend(self, err: BaseException, share: int, prompts: list[Prompt], sends: int,
@@ -225,8 +279,9 @@ class Scheduler:
         self.resent += 1
         log.warning("step %d: %s died (%s); sending share %d (%d prompts) to it again",
                     self.step, where, type(err).__name__, share, len(prompts))
-        for workers in (pipe.rollouts, pipe.rewarders):
-            pipe.cluster.wait_alive(workers[share % len(workers)])
+        for workers in (pipe.rollouts, pipe.rewarders, [pipe.repairer] if pipe.repairer else []):
+            if workers:
+                pipe.cluster.wait_alive(workers[share % len(workers)])
 
     def update_group_filter(self, step: int, added: list[Added], served: list[Sample]) -> dict:
         """Feed the filter every group sampled in this step (kept or dropped, all rounds)
@@ -404,12 +459,21 @@ def batch_recipe(cfg) -> BatchRecipe:
     return BatchRecipe(
         estimator=a.estimator, estimator_options=OmegaConf.to_container(a.estimator_options),
         loss_aggregation=a.loss_aggregation, mini_batch_size=cfg.learner.mini_batch_size,
+        num_ranks=cfg.learner.num_ranks,
         max_new_tokens=cfg.rollout.max_new_tokens,
         exclude_flagged=cfg.reward.exclude_flagged_from_loss, masking_sources=masking_sources(cfg),
         overlong_filter=a.overlong_filter,
         kl_in_reward_coef=a.kl_in_reward_coef, kl_estimator=a.kl_estimator,
         step_rewards=OmegaConf.to_container(a.step_rewards),
         laser=OmegaConf.to_container(cfg.reward.laser) if cfg.reward.get("laser") else None)
+
+
+def mean_diversity(samples: list[Sample]) -> float:
+    """Mean over groups of the share of distinct pairs among the policy's own responses
+    (repaired ones left out): 0 when every group samples one response G times."""
+    groups = [[s for s in g if not s.metadata.get("repaired")] for g in groups_of(samples)]
+    values = [response_diversity(g) for g in groups if len(g) > 1]
+    return sum(values) / len(values) if values else 0.0
 
 
 def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:
@@ -424,5 +488,8 @@ def rollout_metrics(samples: list[Sample], learner_version: int) -> dict:
             "rollout/staleness_max": float(max(lags, default=0)),
             # responses continued under newer weights mid-way (rollout.partial)
             "rollout/partial_fraction": sum(s.token_versions is not None for s in samples) / n,
+            # responses a repair stage (SCOPE) rewrote from their first wrong step
+            "rollout/repaired_fraction": sum(bool(s.metadata.get("repaired")) for s in samples) / n,
+            "rollout/diversity": mean_diversity(samples),
             # the histogram: share of the batch sampled k versions behind
             **{f"staleness/{k}": c / n for k, c in sorted(lags.items())}}

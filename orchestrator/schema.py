@@ -23,11 +23,14 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from actors.repair import RepairConfig
 from actors.reward import RewardSource
+from actors.rorecomp import RoRecompConfig
 from core.schema import checked
 from learners.config import LearnerConfig, PolicyLossConfig
 from learners.losses import AGGREGATIONS
 from learners.prepare import LaserOptions
+from orchestrator.prompt_selection import PromptSelectionConfig
 from tasks.sources import SOURCES
 
 
@@ -88,6 +91,9 @@ class ToyArithConfig:
     operands: int = 2                          # numbers added per problem
     twin_views: bool = False                   # Co-Reward: each prompt also sampled as a rephrased twin
                                                # (operands reversed), a second group per prompt
+    recheck: float = checked(0.0, ge=0, lt=1)  # chance that a worked (SFT) solution writes a step again
+                                               # (repeatedly, up to 2 times): length becomes partly the
+                                               # policy's choice (the RoRecomp ablation); 0 = never
 
 
 @dataclass
@@ -276,7 +282,20 @@ class BufferConfig:
     """Replay buffer between reward annotation and the learner (conf/buffer/)."""
 
     strategy: str = "fifo"                     # fifo: on-policy, groups leave in arrival order
-                                               # (actors/buffer.py)
+                                               # (actors/buffer.py registry "buffer", or a dotted path)
+    strategy_options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy
+    prompts: PromptSelectionConfig = field(default_factory=PromptSelectionConfig)  # which prompts
+                                               # each step samples: the stream, Beyond Variance's
+                                               # pairs or PC-GRPO's curriculum, by their success so far
+                                               # (orchestrator/prompt_selection.py)
+    repair: Optional[RepairConfig] = None      # SCOPE: a stage between reward and buffer that
+                                               # continues failed responses from their first wrong
+                                               # step with a guide (actors/repair.py; set by
+                                               # buffer=scope); null = off
+    rorecomp: Optional[RoRecompConfig] = None  # RoRecomp: train each batch as a priority batch of
+                                               # short correct and long incorrect responses plus
+                                               # compensation steps of the rest (actors/rorecomp.py;
+                                               # set by buffer=rorecomp); null = off
     max_staleness: int = checked(0, ge=0)      # max learner versions a sample may lag behind the
                                                # weights it is trained with (0 = on-policy); with
                                                # scheduler.mode=async, rollouts run up to this many

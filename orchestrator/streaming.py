@@ -3,7 +3,7 @@ buffer.max_staleness learner versions ahead of the learner.
 
 Each generate call (a "unit": one share of a round of prompts) goes
 
-    rollout worker -> reward worker -> buffer
+    rollout worker -> reward worker -> (repair worker, SCOPE) -> buffer
 
 each stage sent the moment the one before it finishes (the data moves actor to actor; this
 process only passes the reference on). The learner trains as soon as the buffer holds a
@@ -32,7 +32,7 @@ from orchestrator.staleness import StalenessManager
 
 log = logging.getLogger("rewardmill")
 
-STAGES = ("rollout", "reward", "buffer")
+STAGES = ("rollout", "reward", "repair", "buffer")   # repair only with buffer.repair (SCOPE)
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Unit:
     stage: str = "rollout"      # the stage working on it now (STAGES)
     future: Any = None          # that stage's result
     generated: Any = None       # the rollout stage's result, which the reward stage reads
+    scored: Any = None          # the reward stage's result, which the repair stage reads
     sends: int = 0              # times a stage was sent (again) after a worker died
 
     @property
@@ -140,6 +141,8 @@ class StreamingScheduler(Scheduler):
             unit.future = pipe.generate_share(k, unit.prompts, unit.sampling, unit.tag)
         elif unit.stage == "reward":
             unit.future = pipe.score_share(k, unit.generated)
+        elif unit.stage == "repair":
+            unit.future = pipe.repair_share(unit.scored, unit.sampling)
         else:
             unit.future = pipe.buffer.call("add", unit.future, self.group_filter,
                                            filter_step(unit.version))
@@ -163,6 +166,9 @@ class StreamingScheduler(Scheduler):
                 unit.stage, unit.generated = "reward", unit.future
                 self.send(unit)
             elif unit.stage == "reward":
+                unit.stage, unit.scored = ("repair" if self.pipe.repairer else "buffer"), unit.future
+                self.send(unit)
+            elif unit.stage == "repair":
                 unit.stage = "buffer"
                 self.send(unit)
             else:
@@ -171,6 +177,7 @@ class StreamingScheduler(Scheduler):
                 self.waiting += len(result.kept)
                 self.set_aside += len(result.dropped)
                 self.reports.append(result)
+                self.observe_prompts([result])
 
     def resend(self, unit: Unit, err: BaseException) -> None:
         """Send a unit's stage again after its worker died (Ray is restarting it)."""
@@ -182,7 +189,8 @@ class StreamingScheduler(Scheduler):
         self.send(unit)
 
     def workers(self, stage: str) -> list:
-        return {"rollout": self.pipe.rollouts, "reward": self.pipe.rewarders}.get(stage, [None])
+        return {"rollout": self.pipe.rollouts, "reward": self.pipe.rewarders,
+                "repair": [self.pipe.repairer]}.get(stage, [None])
 
     def cluster_get(self, future):
         return self.pipe.cluster.get(future)

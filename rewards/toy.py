@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from core.records import Sample
 from core.registry import register
-from tasks.toy_arith import STEP_END, check_steps, extract_answer
+from tasks.toy_arith import STEP_END, check_steps, extract_answer, without_rechecks
 
 
 @register("reward", "toy_exact")
@@ -14,8 +14,9 @@ def toy_exact(sample: Sample) -> float:
 
 @register("reward", "toy_steps")
 def toy_steps(sample: Sample) -> float:
-    """Fraction of the true scratchpad steps written correctly, in order (0.0 to 1.0)."""
-    verdicts = check_steps(sample.question, sample.response_text)
+    """Fraction of the true scratchpad steps written correctly, in order (0.0 to 1.0);
+    re-checks (a step written again) neither add nor cost."""
+    verdicts = check_steps(sample.question, without_rechecks(sample.response_text))
     truth = sample.question.rstrip("=").split("+")
     columns = max(len(x) for x in truth)
     return sum(verdicts[:columns]) / columns if verdicts else 0.0

@@ -48,12 +48,13 @@ def curve(runs: list[dict], key: str) -> list[tuple[int, float]]:
             for s in steps]
 
 
-def plot(results: dict[str, list[dict]], png: Path) -> None:
+def plot(results: dict[str, list[dict]], png: Path, curves=CURVES) -> None:
+    """One panel per (metric, title) of `curves`, a line per entry of `results` (mean over its runs)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.8))
-    for ax, (key, title) in zip(axes, CURVES):
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8))
+    for ax, (key, title) in zip(axes, curves):
         for algorithm, runs in results.items():
             points = curve(runs, key)
             if points:

@@ -28,7 +28,8 @@ def toy_generator(data: dict, seed: int):
         return ToyCode(**data["toy_code"], seed=seed)
     from tasks.toy_arith import ToyArithmetic
     toy = data["toy"]
-    return ToyArithmetic(toy["min_digits"], toy["max_digits"], toy["operands"], seed=seed)
+    return ToyArithmetic(toy["min_digits"], toy["max_digits"], toy["operands"], seed=seed,
+                         recheck=toy["recheck"])
 
 
 def _toy(data: dict, seed: int, eval_prompts: int, tokenizer):

@@ -7,6 +7,10 @@ One step per digit column, least significant first: the column's digits, "+1" wh
 comes in, and the column sum. The steps give a step-level verifier (`check_steps`) and a
 length that grows with the number of digits; the answer after "#" is checked exactly.
 Problems are a pure function of (seed, split, index), so any process can regenerate them.
+
+With `recheck` > 0 the worked solutions sometimes re-check a step by writing it again
+("7+5=12;7+5=12;4+8+1=13;..."), so the warm-started policy's length is partly its own choice,
+as a reasoning model's verbosity is, while the answer stays the same (RoRecomp's setting).
 """
 from __future__ import annotations
 
@@ -31,13 +35,16 @@ class ToyArithmetic:
     """Addition of `operands` numbers with `min_digits`..`max_digits` digits each."""
 
     def __init__(self, min_digits: int = 1, max_digits: int = 3, operands: int = 2,
-                 seed: int = 0):
+                 seed: int = 0, recheck: float = 0.0):
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         if operands < 2:
             raise ValueError(f"operands must be >= 2, got {operands}")
+        if not 0 <= recheck < 1:
+            raise ValueError(f"recheck must be in [0, 1), got {recheck}")
         self.min_digits, self.max_digits, self.operands, self.seed = (
             min_digits, max_digits, operands, seed)
+        self.recheck = recheck
 
     def problem(self, split: str, index: int) -> Problem:
         rng = random.Random(f"{self.seed}/{split}/{index}")
@@ -47,10 +54,16 @@ class ToyArithmetic:
             low = 0 if digits == 1 else 10 ** (digits - 1)
             numbers.append(rng.randint(low, 10 ** digits - 1))
         prompt = "+".join(map(str, numbers)) + "="
-        return Problem(f"toy-{split}-{index}", prompt, scratchpad(numbers), sum(numbers))
+        solution = scratchpad(numbers, rng if self.recheck else None, self.recheck)
+        return Problem(f"toy-{split}-{index}", prompt, solution, sum(numbers))
 
 
-def scratchpad(numbers: list[int]) -> str:
+MAX_RECHECKS = 2   # times a worked solution writes one step again, at most
+
+
+def scratchpad(numbers: list[int], rng: random.Random | None = None, recheck: float = 0.0) -> str:
+    """The worked solution; with `rng`, each step is written again while rng.random() <
+    recheck, up to MAX_RECHECKS times."""
     columns = max(len(str(n)) for n in numbers)
     steps, carry = [], 0
     for col in range(columns):
@@ -58,6 +71,10 @@ def scratchpad(numbers: list[int]) -> str:
         total = sum(digits) + carry
         terms = "+".join(map(str, digits)) + (f"+{carry}" if carry else "")
         steps.append(f"{terms}={total}")
+        for _ in range(MAX_RECHECKS if rng else 0):
+            if rng.random() >= recheck:
+                break
+            steps.append(steps[-1])
         carry = total // 10
     return STEP_END.join(steps) + STEP_END + ANSWER_MARK + str(sum(numbers))
 
@@ -77,18 +94,34 @@ def toy_answer(text: str) -> str | None:
     return None if value is None else str(value)
 
 
+def without_rechecks(response: str) -> str:
+    """The response with each step that repeats the one before it removed."""
+    head, mark, tail = response.partition(ANSWER_MARK)
+    steps = head.split(STEP_END)
+    kept = [step for k, step in enumerate(steps) if k == 0 or step != steps[k - 1] or step == ""]
+    return STEP_END.join(kept) + mark + tail
+
+
 def check_steps(prompt: str, response: str) -> list[bool]:
     """Oracle step checker: for each written step, is it the correct column computation?
 
-    Step k must equal the k-th step of the true scratchpad exactly; steps past the true
-    number of columns are wrong.
+    A step that repeats the one before it is a re-check: right when that one was. Each other
+    step must equal the next step of the true scratchpad exactly; steps past the true number
+    of columns are wrong.
     """
     numbers = [int(x) for x in prompt.rstrip("=").split("+")]
     truth = scratchpad(numbers).split(ANSWER_MARK)[0].split(STEP_END)[:-1]
     written = response.split(ANSWER_MARK)[0].split(STEP_END)
     if written and written[-1] == "":
         written = written[:-1]
-    return [k < len(truth) and step == truth[k] for k, step in enumerate(written)]
+    verdicts, column = [], 0
+    for k, step in enumerate(written):
+        if k and step == written[k - 1]:
+            verdicts.append(verdicts[-1])
+            continue
+        verdicts.append(column < len(truth) and step == truth[column])
+        column += 1
+    return verdicts
 
 
 def corrupt(solution: str, rng: random.Random) -> str:

@@ -58,3 +58,14 @@ def _same_start_for_every_test():
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+
+
+@pytest.fixture(scope="session")
+def tiny_policies(tmp_path_factory):
+    """Two tiny random Qwen2 policies (seeds 0 and 1, character tokenizer), built once."""
+    from core.models import build_tiny_policy
+    arch = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64,
+            "max_position_embeddings": 128}
+    root = tmp_path_factory.mktemp("tiny_policies")
+    return [str(build_tiny_policy(root / f"policy{seed}", arch, seed=seed)) for seed in (0, 1)]

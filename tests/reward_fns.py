@@ -50,3 +50,19 @@ class SeenBefore:
 
     def load_state_dict(self, state: dict) -> None:
         self.seen = state["seen"]
+
+
+def accepts_continuations(sample):
+    """A verifier for repair tests. A random tiny guide cannot write a right sum, so a real
+    verifier would never pass its repair; this one is toy_exact on every response the rollout
+    wrote (so the failed ones really fail) and passes any guide continuation (metadata
+    "continued_from", set by HFEngine.continue_from). The guide, the re-scoring, the plan and
+    the substitution under test all run for real; only the verdict is forced."""
+    from rewards.toy import toy_exact
+    return 1.0 if "continued_from" in sample.metadata else toy_exact(sample)
+
+
+def first_step_right(sample):
+    """A step-level source (granularity: step) that calls the first step right and every later
+    one wrong: any response of two or more steps is salvageable from its first step."""
+    return [1.0] + [0.0] * (len(sample.steps or []) - 1)

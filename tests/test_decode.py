@@ -6,23 +6,15 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from actors.decode import sample, warp
 from actors.rollout import HFEngine
-from core.models import build_tiny_policy, load_policy
+from core.models import load_policy
 from core.records import Prompt, SamplingParams
 
-ARCH = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 128}
 PROMPTS = [Prompt(f"p{i}", f"{i * 7 + 3}+{i}=", None) for i in range(3)]   # unequal lengths
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("decode")
-    return [str(build_tiny_policy(root / f"policy{seed}", ARCH, seed=seed)) for seed in (0, 1)]
-
-
-@pytest.fixture(scope="module")
-def engine(folders):
-    return HFEngine(folders[0], max_batch_prompts=8)
+def engine(tiny_policies):
+    return HFEngine(tiny_policies[0], max_batch_prompts=8)
 
 
 def _teacher_forced(model, prompt_ids: list[int], response: list[int], temperature: float):
@@ -82,12 +74,12 @@ def test_greedy_equals_generate_though_finished_rows_leave_the_batch(engine):
 
 
 @torch.no_grad()
-def test_weights_offered_mid_response_sample_the_rest_and_each_token_records_its_version(folders):
+def test_weights_offered_mid_response_sample_the_rest_and_each_token_records_its_version(tiny_policies):
     """Partial rollouts: from the step the new weights arrive, every token is sampled by them
     alone (the prefix is prefilled again), its log-prob recorded under them, and tagged."""
-    engine = HFEngine(folders[0], max_batch_prompts=8)
-    new = load_policy(folders[1]).eval()
-    old = load_policy(folders[0]).eval()
+    engine = HFEngine(tiny_policies[0], max_batch_prompts=8)
+    new = load_policy(tiny_policies[1]).eval()
+    old = load_policy(tiny_policies[0]).eval()
     calls = []
 
     def version():

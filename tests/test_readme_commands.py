@@ -19,8 +19,8 @@ def readme_train_commands() -> list[list[str]]:
             if "scripts/train.py" not in words:
                 continue
             args = words[words.index("scripts/train.py") + 1:]
-            args = [a.split(",")[0] if "=" in a and not a.startswith("-") else a
-                    for a in args if a != "-m"]
+            args = [a.split(",")[0] if "=" in a and "[" not in a and not a.startswith("-") else a
+                    for a in args if a != "-m"]   # a list value ([a,b]) is one value
             commands.append([a for a in args if not a.startswith("&&")])
     return commands
 

@@ -62,9 +62,14 @@ def _option_files():
 
 @pytest.mark.parametrize("path", _option_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_option_file_extends_its_schema(path):
-    """`defaults: [_schema, _self_]`, or another option of its group that does."""
+    """`defaults: [_schema, _self_]`, or another option of its group that does; or `[_self_]`
+    for an add-on that combines with others of its group (`buffer=[scope,rorecomp]`): each
+    extending the schema would reset the fields the others set (the main schema types it)."""
     defaults = yaml.safe_load(path.read_text()).get("defaults")
     assert defaults and defaults[-1] == "_self_", path
+    if defaults == ["_self_"]:
+        assert "buffer=[" in path.read_text(), f"{path}: say how it combines"
+        return
     parent = defaults[0]
     assert parent == "_schema" or (path.parent / f"{parent}.yaml").exists(), path
 
