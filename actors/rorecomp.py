@@ -42,7 +42,7 @@ class RoRecompConfig:
                                               # trained; otherwise it is dropped (counted). [inferred]
                                               # 1 trains every response once after all, which undid
                                               # the brevity signal on toy addition (length -3% vs
-                                              # GRPO; 0.25: -35% at step 30)
+                                              # GRPO; 0.25: -32%, README)
     correct_source: Optional[str] = None      # reward source that decides "correct"; null = the
                                               # combined reward
     correct_threshold: float = 0.5            # a response is correct when that reward >= this

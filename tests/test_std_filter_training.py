@@ -32,6 +32,7 @@ class ScriptedPipeline(Pipeline):
     def __init__(self, rounds: list[list[list[float]]]):
         self.cluster = Cluster("inline")
         self.buffer = self.cluster.spawn(ReplayBuffer)
+        self.repairer = None   # no repair stage
         self.rounds = iter(rounds)
 
     def generate(self, prompts, sampling, tag):
